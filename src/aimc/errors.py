@@ -1,0 +1,9 @@
+"""Errors meant for the person at the keyboard.
+
+Raise :class:`UserError` (or a subclass) when the input is wrong: the message says which
+file or setting, what is wrong and what to do. The CLI prints it without a traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: a message that names the file/setting and the fix."""
