@@ -202,7 +202,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(sorted(fields))}"
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():

@@ -124,11 +124,26 @@ _TORCH_ALLOWED = {
 } | {("torch.storage", "UntypedStorage")}
 
 
+# modules whose callables only an attack would reference in a checkpoint: such a file is
+# refused outright instead of being loaded with the reference made inert.
+_HOSTILE_MODULES = {
+    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "importlib", "runpy",
+    "shutil", "socket", "pty", "code", "codeop", "pickle", "_pickle", "marshal", "ctypes", "types",
+    "functools", "operator", "webbrowser", "urllib", "http", "requests", "pathlib", "io", "tempfile",
+    "multiprocessing", "threading", "signal", "platform", "pdb", "timeit", "torch", "numpy",
+}
+
+
 def _make_inert_pickle_module(neutralised: list[str]):
     class _InertUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) in _TORCH_ALLOWED or (module, name) in _PLAIN_ALLOWED:
                 return super().find_class(module, name)
+            if module.split(".")[0] in _HOSTILE_MODULES:
+                raise UnsafeFileError(
+                    f"refused to load: the file asks to call '{module}.{name}' while loading, which a "
+                    "checkpoint never needs (it may be malicious; do not open it with torch.load elsewhere)"
+                )
             neutralised.append(f"{module}.{name}")
             return type(name, (InertObject,), {"_aimc_global": f"{module}.{name}"})
 
@@ -149,7 +164,7 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as first_error:
         msg = str(first_error)
-        if "Unsupported global" not in msg and "Unsupported operand" not in msg:
+        if "global" not in msg.lower() and "unsupported operand" not in msg.lower():
             raise UnsafeFileError(f"{path}: cannot be read as a PyTorch file: {msg.splitlines()[0]}") from first_error
     except (RuntimeError, EOFError, ValueError) as e:
         raise UnsafeFileError(
@@ -161,6 +176,8 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
         obj = torch.load(
             path, map_location=map_location, weights_only=False, pickle_module=_make_inert_pickle_module(neutralised)
         )
+    except UnsafeFileError as e:
+        raise UnsafeFileError(f"{path}: {e}") from None
     except Exception as e:
         raise UnsafeFileError(f"{path}: refused to load: {e}") from e
     if neutralised:
