@@ -533,17 +533,12 @@ def preprocess_frames(frames_rgb: np.ndarray, resolution: tuple[int, int] = (160
     Frames not already at ``resolution`` are resized with OpenCV bilinear (``INTER_LINEAR``, no
     antialiasing; bit-exact with the original), e.g. MineRL's 640x360 -> 256x160.
     """
-    import cv2
+    from aimc.actions.image import resize_for_mineclip
 
-    frames_rgb = np.asarray(frames_rgb)
-    if frames_rgb.ndim == 3:
-        frames_rgb = frames_rgb[None]
-    if frames_rgb.ndim != 4 or frames_rgb.shape[-1] != 3 or frames_rgb.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames_rgb.dtype} {frames_rgb.shape}")
-    h, w = resolution
-    if frames_rgb.shape[1:3] != (h, w):
-        frames_rgb = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in frames_rgb])
-    return np.ascontiguousarray(frames_rgb.transpose(0, 3, 1, 2))  # (N, 3, h, w)
+    frames = resize_for_mineclip(frames_rgb, resolution)  # (N, h, w, 3)
+    if frames.ndim == 3:
+        frames = frames[None]
+    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # (N, 3, h, w)
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
