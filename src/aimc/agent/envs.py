@@ -74,8 +74,8 @@ class CrafterEvalEnv:
 
     Uses the project's ``aimc.envs.crafter.CrafterEnv`` (Gymnasium API), so frames are
     rendered exactly as in the recorded demonstrations.
-    size: frame side in pixels. length: Crafter's own episode cap (the evaluator stops earlier).
-    Other keys go to ``CrafterEnv`` unchanged.
+    size: frame side in pixels. max_steps: Crafter's own episode cap (the evaluator stops
+    earlier). ``area`` and ``view`` go to ``CrafterEnvConfig`` unchanged.
     """
 
     known_measures = frozenset(
@@ -85,10 +85,10 @@ class CrafterEvalEnv:
         + ["pos.x", "pos.z"]
     )
 
-    def __init__(self, size: int = 64, length: int = 10_000, **kwargs: Any) -> None:
-        from aimc.envs.crafter import CrafterEnv
+    def __init__(self, size: int = 64, max_steps: int = 10_000, **kwargs: Any) -> None:
+        from aimc.envs.crafter import CrafterEnv, CrafterEnvConfig
 
-        self.env = CrafterEnv(size=size, length=length, **kwargs)
+        self.env = CrafterEnv(CrafterEnvConfig(size=size, max_steps=max_steps, **kwargs))
         self.action_heads = {"action": int(self.env.action_space.n)}
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -164,6 +164,12 @@ ENVS: dict[str, Callable[..., EvalEnv]] = {
     "crafter": CrafterEvalEnv,
     "minerl": MineRLEvalEnv,
 }
+
+
+def known_measures(cfg: dict) -> frozenset[str] | None:
+    """The measure names the adapter named in ``cfg`` can produce (None = not listed)."""
+    factory = ENVS.get(str(cfg.get("name", "")))
+    return getattr(factory, "known_measures", None) if factory is not None else None
 
 
 def make_env(cfg: dict) -> EvalEnv:

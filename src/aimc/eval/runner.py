@@ -100,6 +100,22 @@ def plan_jobs(suite: Suite, episodes: int | None = None) -> list[Job]:
     return jobs
 
 
+def check_measures(suite: Suite) -> None:
+    """Fail before playing if a success rule reads a measure the environment never reports."""
+    from aimc.agent.envs import known_measures
+
+    for t in suite.tasks:
+        known = known_measures({**suite.env, **t.env})
+        if known is None:
+            continue
+        unknown = sorted(t.success.measures() - known)
+        if unknown:
+            raise UserError(
+                f"{suite.source or suite.name}: task {t.id!r} reads {unknown[0]!r}, which env "
+                f"{suite.env.get('name')!r} does not report; known: {', '.join(sorted(known))}"
+            )
+
+
 def suite_fingerprint(suite: Suite) -> str:
     """Changes whenever anything that affects results changes (tasks, rules, env, seeds)."""
     blob = json.dumps(_suite_to_dict(suite), sort_keys=True, default=str).encode()
@@ -213,6 +229,7 @@ def run_suite(
     episode whose env crashed is replayed from its start this many times, then recorded with
     ``error``. Summaries are written by :func:`aimc.eval.metrics.write_summary`.
     """
+    check_measures(suite)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"episodes": episodes or suite.episodes, "num_envs": num_envs, "workers": workers}

@@ -19,8 +19,9 @@ Success rules (``success:``), each true from the first step it holds:
 * ``{achievement: NAME}`` - the achievement counter went up (built-in world);
 * ``{inventory: {ITEM: N}}`` - the item count rose by at least N since the start
   (``ITEM`` may be ``a|b`` to count several items together, e.g. ``oak_log|birch_log``);
-* ``{stat: {NAME: {delta: N}}}`` / ``{min: V}`` / ``{max: V}`` - a numeric measure moved by N, or
-  reached at least / at most V (e.g. ``stat: {pitch: {max: -60}}`` looks at the sky);
+* ``{stat: {NAME: {delta: N}}}`` / ``{drop: N}`` / ``{min: V}`` / ``{max: V}`` - a numeric measure
+  rose by N, fell by N, or reached at least / at most V (``stat: {pitch: {max: -60}}`` looks at
+  the sky, ``stat: {ypos: {drop: 5}}`` dug 5 blocks down);
 * ``{travel: D}`` - the horizontal distance from the start position reached D blocks;
 * ``{all: [rule, ...]}`` / ``{any: [rule, ...]}`` - combinations.
 
@@ -56,7 +57,8 @@ class Rule:
 
     kind: "achievement" | "inventory" | "stat" | "travel" | "all" | "any".
     keys: measure names summed for achievement/inventory/stat (e.g. ("inventory.oak_log",)).
-    op: "delta" (rise since start >= value), "min" (value >= threshold), "max" (value <= threshold).
+    op: "delta" (rise since start >= value), "drop" (fall since start >= value),
+      "min" (value >= threshold), "max" (value <= threshold).
     value: the threshold. children: sub-rules of all/any.
     """
 
@@ -83,8 +85,9 @@ class Rule:
         if self.kind == "travel":
             return max_travel >= self.value
         cur = sum(float(now.get(k, 0.0)) for k in self.keys)
-        if self.op == "delta":
-            return cur - sum(float(start.get(k, 0.0)) for k in self.keys) >= self.value
+        if self.op in ("delta", "drop"):
+            rise = cur - sum(float(start.get(k, 0.0)) for k in self.keys)
+            return (rise if self.op == "delta" else -rise) >= self.value
         if self.op == "min":
             return cur >= self.value
         return cur <= self.value
@@ -97,7 +100,7 @@ class Rule:
         name = "+".join(k.split(".", 1)[1] for k in self.keys)
         if self.kind == "achievement":
             return f"achievement {name}"
-        sym = {"delta": "+>=", "min": ">=", "max": "<="}[self.op]
+        sym = {"delta": "+>=", "drop": "->=", "min": ">=", "max": "<="}[self.op]
         return f"{self.kind} {name} {sym} {self.value:g}"
 
 
@@ -133,10 +136,10 @@ def parse_rule(raw: Any, where: str) -> Rule:
         return Rule("inventory", keys=keys, op="delta", value=float(count))
     if kind == "stat":
         if not isinstance(body, dict) or len(body) != 1:
-            raise SuiteError(f"{where}: 'stat' must be one NAME: {{delta|min|max: V}} pair")
+            raise SuiteError(f"{where}: 'stat' must be one NAME: {{delta|drop|min|max: V}} pair")
         (name, spec), = body.items()
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("delta", "min", "max"):
-            raise SuiteError(f"{where}: stat {name!r} needs exactly one of delta, min, max (got {spec!r})")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("delta", "drop", "min", "max"):
+            raise SuiteError(f"{where}: stat {name!r} needs exactly one of delta, drop, min, max (got {spec!r})")
         (op, value), = spec.items()
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise SuiteError(f"{where}: stat {name!r} {op} must be a number, got {value!r}")

@@ -1,0 +1,228 @@
+"""The agent: a goal-conditioned policy plus the ways to give it a goal.
+
+STEVE-1 acts towards a *visual* goal, a MineCLIP video embedding. A goal comes from
+
+* text: MineCLIP's text encoder, then the prior (a CVAE) that maps text embeddings to visual
+  ones; sampled (a fresh latent per episode, seeded) or deterministic (latent 0);
+* a goal video: the MineCLIP embedding of a short clip of the wanted behaviour;
+* nothing: the zero embedding, i.e. the unconditioned policy.
+
+Acting uses classifier-free guidance in one batched forward: the recurrent state holds a
+conditional and an unconditional row per environment, and the policy mixes their scores as
+``(1 + s) * cond - s * uncond`` with ``s = cond_scale`` (see ``STEVE1Policy.act``).
+
+    agent = Agent.load("run/checkpoints/last.safetensors", mineclip="mineclip.safetensors",
+                       prior="prior.safetensors", cond_scale=6.0)
+    agent.reset(batch_size=4)
+    goals = agent.text_goals(["chop a tree"] * 4, seeds=[0, 1, 2, 3])   # (4, D)
+    actions = agent.act(frames, goals, first)                              # {"action": (4,)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aimc.errors import UserError
+
+# STEVE-1 embeds the last 16 frames as a goal clip (the MineCLIP window it was trained with).
+GOAL_CLIP_FRAMES = 16
+
+
+class Agent:
+    """Policy + goal sources + guided batched acting (implements ``aimc.eval.runner.EvalAgent``).
+
+    policy: an ``aimc.models.vpt.STEVE1Policy`` (anything with its ``initial_state``/``act``).
+    mineclip: ``aimc.models.mineclip.MineCLIP`` for text and video goals (None: only zero goals).
+    prior: ``aimc.models.prior.PriorCVAE`` mapping text to visual embeddings (None: the text
+      embedding is used as the goal directly).
+    cond_scale: guidance strength s (0 = plain conditional policy, one row per env).
+    stochastic: sample actions (True, as STEVE-1) or take the argmax.
+    deterministic_prior: use the prior's mean latent instead of sampling one per episode.
+    device: where the networks run. amp_dtype: e.g. torch.bfloat16 for autocast on GPU.
+    seed: seeds action sampling.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        mineclip: Any = None,
+        prior: Any = None,
+        cond_scale: float = 6.0,
+        stochastic: bool = True,
+        deterministic_prior: bool = False,
+        device: str | torch.device | None = None,
+        amp_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        name: str = "",
+    ) -> None:
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
+        self.policy = policy.to(self.device).eval()
+        self.mineclip = mineclip.to(self.device).eval() if mineclip is not None else None
+        self.prior = prior.to(self.device).eval() if prior is not None else None
+        self.cond_scale = float(cond_scale)
+        self.stochastic = stochastic
+        self.deterministic_prior = deterministic_prior
+        self.amp_dtype = amp_dtype
+        self.name = name
+        self.embed_dim = int(policy.cfg.mineclip_embed_dim)
+        self.img_size = tuple(int(v) for v in policy.cfg.img_shape[:2])  # (H, W)
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.state: Any = None
+        self.batch_size = 0
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(
+        cls,
+        weights: str | Path,
+        mineclip: str | Path | None = None,
+        prior: str | Path | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> Agent:
+        """Load the policy (``.weights`` + ``.model`` or ``.safetensors`` + ``.yaml``), MineCLIP and prior."""
+        from aimc.checkpoints.vpt import load_policy
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        policy = load_policy(weights)
+        clip = None
+        if mineclip is not None:
+            from aimc.checkpoints.mineclip import load_mineclip
+
+            clip = load_mineclip(mineclip)
+        pri = None
+        if prior is not None:
+            from aimc.checkpoints.prior import load_prior
+
+            pri = load_prior(prior)
+        return cls(policy, clip, pri, device=dev, name=str(weights), **kwargs)
+
+    def describe(self) -> dict:
+        """What identifies this agent's results (checked when an evaluation is resumed)."""
+        return {
+            "weights": self.name, "cond_scale": self.cond_scale, "stochastic": self.stochastic,
+            "deterministic_prior": self.deterministic_prior, "prior": self.prior is not None,
+            "embed_dim": self.embed_dim,
+        }
+
+    # ------------------------------------------------------------------ goals
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def zero_goal(self) -> np.ndarray:
+        return np.zeros(max(self.embed_dim, 1), dtype=np.float32)
+
+    @torch.no_grad()
+    def text_goals(self, texts: Sequence[str], seeds: Sequence[int] | None = None) -> np.ndarray:
+        """Visual goals for prompts: (B, D) float32. ``seeds`` fix each prompt's prior sample."""
+        if self.mineclip is None:
+            raise UserError("text prompts need a MineCLIP model: pass --mineclip PATH (and --prior PATH)")
+        texts = list(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            emb = self.mineclip.encode_text(missing).float()  # (T, D)
+            for t, e in zip(missing, emb):
+                self._text_cache[t] = e
+        text_emb = torch.stack([self._text_cache[t] for t in texts])  # (B, D)
+        if self.prior is None:
+            goal = text_emb
+        elif self.deterministic_prior:
+            goal = self.prior(text_emb, deterministic=True)
+        else:
+            z = self.prior.cfg.latent_dim
+            eps = torch.stack([
+                torch.randn(z, generator=torch.Generator().manual_seed(int(s)))
+                for s in (seeds if seeds is not None else range(len(texts)))
+            ]).to(self.device)
+            goal = self.prior(text_emb, eps=eps)
+        goal = goal.float().cpu().numpy()
+        if goal.shape[1] != self.embed_dim:
+            raise UserError(
+                f"MineCLIP/prior give {goal.shape[1]}-d goals but the policy expects {self.embed_dim}-d: "
+                "use the embedder the policy was trained with"
+            )
+        return goal
+
+    @torch.no_grad()
+    def video_goal(self, frames: np.ndarray) -> np.ndarray:
+        """MineCLIP embedding of a goal clip: frames (L, H, W, 3) uint8 RGB -> (D,) float32.
+
+        The last 16 frames are used (shorter clips are used whole).
+        """
+        if self.mineclip is None:
+            raise UserError("a goal video needs a MineCLIP model: pass --mineclip PATH")
+        from aimc.models.mineclip import preprocess_frames
+
+        frames = np.asarray(frames, dtype=np.uint8)[-GOAL_CLIP_FRAMES:]
+        clip = preprocess_frames(frames, tuple(self.mineclip.cfg.resolution))  # (L, 3, h, w)
+        with self._autocast():
+            emb = self.mineclip.encode_video(torch.from_numpy(clip)[None].to(self.device))  # (1, D)
+        return emb[0].float().cpu().numpy()
+
+    def goal(self, instruction: str | None, seed: int) -> np.ndarray:
+        """One goal (D,): zero for ``None``, else the text goal sampled with ``seed``."""
+        if instruction is None:
+            return self.zero_goal()
+        return self.text_goals([instruction], [seed])[0]
+
+    # ------------------------------------------------------------------ acting
+    def reset(self, batch_size: int) -> None:
+        """Fresh recurrent state for ``batch_size`` environments (2 rows each when guided)."""
+        self.batch_size = batch_size
+        rows = 2 * batch_size if self.guided else batch_size
+        self.state = self.policy.initial_state(rows, self.device)
+
+    @property
+    def guided(self) -> bool:
+        return self.cond_scale != 0 and self.embed_dim > 0
+
+    def _prepare(self, frames: np.ndarray) -> torch.Tensor:
+        frames = np.asarray(frames, dtype=np.uint8)
+        if frames.shape[1:3] != self.img_size:
+            from aimc.actions.image import _resize_frames
+
+            frames = _resize_frames(frames, *self.img_size)
+        return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def act(self, frames: np.ndarray, goals: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray]:
+        """frames (B, H, W, 3) uint8, goals (B, D), first (B,) bool -> actions {head: int64 (B,)}.
+
+        ``first[i]`` starts a new episode in slot i (its carried memory is dropped).
+        """
+        if self.state is None or len(frames) != self.batch_size:
+            self.reset(len(frames))
+        img = self._prepare(frames)
+        goal = torch.as_tensor(np.asarray(goals, np.float32), device=self.device) if self.embed_dim > 0 else None
+        first_t = torch.as_tensor(np.asarray(first, bool), device=self.device)
+        with self._autocast():
+            actions, self.state, _info = self.policy.act(
+                img, goal, first_t, self.state, cond_scale=self.cond_scale if self.guided else 0.0,
+                stochastic=self.stochastic, generator=self.generator,
+            )
+        return {k: v.cpu().numpy().astype(np.int64) for k, v in actions.items()}
+
+
+class PromptSchedule:
+    """Prompts that take turns: ``prompts[(step // switch_every) % len(prompts)]``."""
+
+    def __init__(self, prompts: Sequence[str], switch_every: int) -> None:
+        prompts = [p.strip() for p in prompts if p.strip()]
+        if not prompts:
+            raise UserError("the prompt schedule is empty: give at least one prompt (--prompts 'a;b')")
+        if switch_every <= 0:
+            raise UserError(f"--switch-every must be a positive number of steps, got {switch_every}")
+        self.prompts = prompts
+        self.switch_every = switch_every
+
+    def prompt_at(self, step: int) -> str:
+        return self.prompts[(step // self.switch_every) % len(self.prompts)]
