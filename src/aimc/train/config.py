@@ -1,0 +1,321 @@
+"""Typed configuration of a policy training run (``aimc train``).
+
+A run is described by one :class:`TrainConfig` made of sections, each a dataclass:
+
+    data        where the episodes come from and how sequences are cut and relabeled
+    model       which architecture, which weights to start from, what to freeze / adapt
+    optim       AdamW hyper-parameters, batch shape, accumulation, clipping
+    schedule    the learning-rate schedule, driven by frames seen
+    validation  when and on how much of the val split the loss is measured
+    checkpoint  latest / best / snapshot cadence
+    logging     metrics, TensorBoard, progress line
+    runtime     device, precision, seed, compile, distributed backend
+
+Vocabulary used throughout (the paper's names):
+
+* ``T``        frames per training sequence (one batch item is a T-frame window).
+* ``trunc_t``  truncated back-propagation length: a sequence is fed in chunks of
+               ``trunc_t`` frames, the recurrent state carried from chunk to chunk and
+               detached, so gradients flow at most ``trunc_t`` frames back.
+* ``p_uncond`` probability that a whole sequence gets a zero goal (classifier-free
+               guidance needs the unconditioned policy too).
+* a **micro-step** is one chunk of ``batch_size x trunc_t`` frames forward + backward;
+  an **optimizer step** (a "step" everywhere in aimc) is ``grad_accum`` micro-steps.
+  Frames per optimizer step = ``batch_size x trunc_t x grad_accum x world_size``.
+
+Presets live in ``aimc/configs/*.yaml`` and list only what differs from these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aimc.config import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+FREEZE_GROUPS = ("cnn", "recurrent", "heads", "goal")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data: episode stores, mixture, sequence cutting and relabeling."""
+
+    stores: list[str] = field(default_factory=list)
+    """Episode store folders (``aimc data ...`` output) to train on. Several = a mixture."""
+    weights: list[float] = field(default_factory=list)
+    """Mixture weights by frames, one per store (empty = proportional to their sizes),
+    e.g. ``[0.8, 0.2]`` for 80 % original data / 20 % new data."""
+    split: str = "train"
+    """Name of the split (written by ``aimc data split``) used for training."""
+    val_split: str = "val"
+    """Split used for validation; empty string = no validation."""
+    T: int = 640
+    """Frames per training sequence."""
+    p_uncond: float = 0.1
+    """Probability that a whole sequence's goals are zeroed (unconditioned)."""
+    min_btwn_goals: int = 15
+    """Hindsight relabeling: fewest steps between two goal time steps."""
+    max_btwn_goals: int = 200
+    """Hindsight relabeling: most steps between two goal time steps (exclusive)."""
+    augment: bool = False
+    """Consistent-over-time colour jitter / grayscale on training sequences."""
+    num_workers: int = 4
+    """Loader worker processes (0 = load in the training process)."""
+
+    def __post_init__(self) -> None:
+        _check(self.T > 0, f"data.T must be > 0, got {self.T}")
+        _check(0.0 <= self.p_uncond <= 1.0, f"data.p_uncond must be in [0, 1], got {self.p_uncond}")
+        _check(
+            0 < self.min_btwn_goals < self.max_btwn_goals,
+            f"data.min_btwn_goals ({self.min_btwn_goals}) must be > 0 and < data.max_btwn_goals ({self.max_btwn_goals})",
+        )
+        _check(
+            not self.weights or len(self.weights) == len(self.stores),
+            f"data.weights has {len(self.weights)} entries but data.stores has {len(self.stores)}: give one weight per store",
+        )
+        _check(all(w >= 0 for w in self.weights), f"data.weights must be >= 0, got {self.weights}")
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on linear layers (rank 0 = off). Adapted weights are frozen,
+    only the adapters (and the groups in ``train_groups``) learn; export merges them back."""
+
+    rank: int = 0
+    """Adapter rank r (0 disables LoRA)."""
+    alpha: float = 16.0
+    """Scale: the adapter's output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    targets: list[str] = field(default_factory=lambda: ["net.recurrent_layer.*"])
+    """Glob patterns of module names whose ``nn.Linear`` layers get adapters (the transformer)."""
+    train_groups: list[str] = field(default_factory=list)
+    """Parameter groups (cnn, recurrent, heads, goal) that still train fully beside the adapters."""
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 0, f"model.lora.rank must be >= 0, got {self.rank}")
+        _check(self.alpha > 0, f"model.lora.alpha must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        bad = [g for g in self.train_groups if g not in FREEZE_GROUPS]
+        _check(not bad, f"model.lora.train_groups: unknown group {bad}; choose from {list(FREEZE_GROUPS)}")
+
+
+@dataclass
+class ModelConfig:
+    """Which policy to train and what to start from."""
+
+    arch: str = "2x"
+    """Architecture when not given by ``init``: ``2x`` (VPT 2x, 249.5M params) or ``tiny``
+    (a few hundred thousand params, for tests and CPU smoke runs)."""
+    policy: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``PolicyConfig`` fields, e.g. ``{img_shape: [64, 64, 3]}``."""
+    init: str = ""
+    """Weights to start from: official ``.weights`` (VPT or STEVE-1, with ``model_file``)
+    or an aimc ``.safetensors`` (with its ``.yaml`` sidecar). Empty = random init."""
+    model_file: str = ""
+    """Official ``.model`` file describing the architecture of ``init`` (official weights only)."""
+    goal_dim: int = 512
+    """Goal-embedding size (512 = MineCLIP; the built-in world's embedder may differ)."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter groups kept fixed: any of cnn, recurrent, heads, goal."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Low-rank adapters (off by default)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in backward instead of storing them (less memory, ~30 % slower)."""
+    channels_last: bool = False
+    """Run the CNN in channels-last memory layout."""
+
+    def __post_init__(self) -> None:
+        bad = [g for g in self.freeze if g not in FREEZE_GROUPS]
+        _check(not bad, f"model.freeze: unknown group {bad}; choose from {list(FREEZE_GROUPS)}")
+        _check(self.goal_dim >= 0, f"model.goal_dim must be >= 0, got {self.goal_dim}")
+        _check(
+            not (self.model_file and not self.init),
+            "model.model_file is set but model.init is empty: give the weights to load too",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, batch shape and gradient handling."""
+
+    lr: float = 4e-5
+    """Peak learning rate (reached at the end of warm-up)."""
+    weight_decay: float = 0.039428
+    """Decoupled weight decay on matrices/conv kernels; biases, LayerNorm and embeddings get none."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    batch_size: int = 12
+    """Sequences per micro-step on each process."""
+    trunc_t: int = 64
+    """Truncated-BPTT chunk length (frames); must divide data.T."""
+    grad_accum: int = 4
+    """Micro-steps (chunks) summed into one optimizer step."""
+    max_grad_norm: float = 5.0
+    """Clip the global gradient L2 norm to this (0 = no clipping)."""
+    warn_grad_norm: float = 10.0
+    """Warn when the (pre-clip) gradient norm exceeds this; 0.5-5 is healthy."""
+    fused: bool = True
+    """Use the fused AdamW kernel on CUDA."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size > 0, f"optim.batch_size must be > 0, got {self.batch_size}")
+        _check(self.trunc_t > 0, f"optim.trunc_t must be > 0, got {self.trunc_t}")
+        _check(self.grad_accum > 0, f"optim.grad_accum must be > 0, got {self.grad_accum}")
+        _check(self.max_grad_norm >= 0, f"optim.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning rate by frames seen: linear warm-up, then cosine to ``min_lr`` at
+    ``decay_end * n_frames`` (the original decays towards 1.1 x n_frames, so training
+    stops before the rate reaches zero)."""
+
+    n_frames: int = 100_000_000
+    """Training length in frames (summed over all processes)."""
+    warmup_frames: int = 10_000_000
+    """Frames of linear warm-up from 0 to optim.lr."""
+    decay_end: float = 1.1
+    """The cosine reaches min_lr at decay_end x n_frames."""
+    min_lr: float = 0.0
+    """Floor of the schedule."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_frames > 0, f"schedule.n_frames must be > 0, got {self.n_frames}")
+        _check(self.warmup_frames >= 0, f"schedule.warmup_frames must be >= 0, got {self.warmup_frames}")
+        _check(self.decay_end >= 1.0, f"schedule.decay_end must be >= 1, got {self.decay_end}")
+        _check(
+            self.warmup_frames < self.decay_end * self.n_frames,
+            f"schedule.warmup_frames ({self.warmup_frames}) must be below decay_end x n_frames",
+        )
+        _check(self.min_lr >= 0, f"schedule.min_lr must be >= 0, got {self.min_lr}")
+
+
+@dataclass
+class ValidationConfig:
+    """Validation loss on the val split. Intervals count optimizer steps; the original
+    validates often at first (``every_begin`` until ``switch_at``), then every ``every``."""
+
+    every: int = 250
+    """Validate every this many optimizer steps (0 = only at the end)."""
+    every_begin: int = 25
+    """Interval used before step ``switch_at``."""
+    switch_at: int = 125
+    """Optimizer step at which the interval switches from every_begin to every."""
+    max_batches: int = 0
+    """Cap on validation batches per run of validation (0 = the whole val split)."""
+    every_nth: int = 1
+    """Use every n-th val sequence (the original's val_every_nth)."""
+
+    def __post_init__(self) -> None:
+        for name in ("every", "every_begin", "switch_at", "max_batches"):
+            _check(getattr(self, name) >= 0, f"validation.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.every_nth >= 1, f"validation.every_nth must be >= 1, got {self.every_nth}")
+
+    def due(self, step: int) -> bool:
+        """Whether validation runs after optimizer step ``step`` (1-based)."""
+        interval = self.every_begin if step < self.switch_at else self.every
+        return interval > 0 and step % interval == 0
+
+
+@dataclass
+class CheckpointConfig:
+    """What is written under ``RUN_DIR/checkpoints`` and when."""
+
+    every: int = 250
+    """Write the resumable ``latest`` checkpoint every this many optimizer steps (0 = only at the end)."""
+    snapshot_every_frames: int = 50_000_000
+    """Keep a weights snapshot every this many frames (0 = none)."""
+    keep_best: bool = True
+    """Keep the weights with the lowest validation loss as ``best``."""
+    export: list[str] = field(default_factory=lambda: [".weights", ".safetensors"])
+    """Formats of the exported final/best weights (official ``.weights`` and/or ``.safetensors``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
+        _check(self.snapshot_every_frames >= 0, "checkpoint.snapshot_every_frames must be >= 0")
+        bad = [e for e in self.export if e not in (".weights", ".safetensors")]
+        _check(not bad, f"checkpoint.export: unknown format {bad}; use .weights and/or .safetensors")
+
+
+@dataclass
+class LoggingConfig:
+    """Where progress goes."""
+
+    every: int = 10
+    """Log metrics every this many optimizer steps."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to RUN_DIR/tb."""
+    progress: bool = True
+    """Show a live progress line with ETA (rank 0, interactive terminals)."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, f"logging.every must be >= 1, got {self.every}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Device, numerics and reproducibility."""
+
+    device: str = "auto"
+    """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    precision: str = "auto"
+    """``bf16`` autocast, ``fp16`` autocast with a gradient scaler, ``fp32``; ``auto`` = bf16 on
+    CUDA, fp32 on CPU."""
+    seed: int = 0
+    """Seed of model init, data order and relabeling."""
+    compile: bool = False
+    """``torch.compile`` the policy (faster on GPU after a warm-up of a minute or two)."""
+    dist_backend: str = "auto"
+    """torch.distributed backend under torchrun: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl``, ``gloo``."""
+    skip_preflight_memory: bool = False
+    """Skip the GPU-memory estimate check (when you know better)."""
+
+    def __post_init__(self) -> None:
+        _check(self.precision in PRECISIONS, f"runtime.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        _check(self.dist_backend in ("auto", "nccl", "gloo"), f"runtime.dist_backend must be auto, nccl or gloo, got {self.dist_backend!r}")
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """A whole policy training run. See the module docstring for the vocabulary."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    name: str = ""
+    """Short name of the run (the run-dir README's title)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.data.T % self.optim.trunc_t == 0,
+            f"optim.trunc_t ({self.optim.trunc_t}) must divide data.T ({self.data.T})",
+        )
+
+    @property
+    def chunks_per_sequence(self) -> int:
+        return self.data.T // self.optim.trunc_t
+
+    def frames_per_step(self, world_size: int = 1) -> int:
+        """Frames consumed by one optimizer step over all processes."""
+        return self.optim.batch_size * self.optim.trunc_t * self.optim.grad_accum * world_size

@@ -1,0 +1,110 @@
+"""Where training numbers go: ``metrics.jsonl``, TensorBoard, and a live progress line.
+
+TensorBoard tags (the monitoring guide in docs/finetuning.md relies on them):
+
+    train/loss  train/lr  train/grad_norm  train/weight_norm  train/frames_per_s
+    train/uncond_fraction  val/loss  sys/gpu_mem_gib
+
+Every record in ``metrics.jsonl`` is one JSON object with ``step``, ``frames``,
+``time`` (seconds since the run started) and the scalars above.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from aimc.train.checkpoint import Progress
+from aimc.train.config import TrainConfig
+
+
+class MetricsLogger:
+    """Rank 0 writes; other ranks get a logger whose methods do nothing."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, *, enabled: bool, total_frames: int, start_frames: int = 0) -> None:
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.total_frames = total_frames
+        self.last: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self._f0 = start_frames
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if cfg.logging.progress and sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = Bar(
+                TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task("train", total=total_frames, completed=start_frames, info="")
+            self._bar.start()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self._print(text)
+
+    def warn(self, text: str) -> None:
+        if self.enabled:
+            warnings.warn(text, RuntimeWarning, stacklevel=2)
+            self._print(f"warning: {text}")
+
+    def _print(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def scalars(self, progress: Progress, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.last.update(values)
+        record = {"step": progress.step, "frames": progress.frames, "time": round(progress.wall_seconds, 3), **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, global_step=progress.frames)
+        if self._bar is None:
+            self._print(self._line(progress))
+
+    def _line(self, progress: Progress) -> str:
+        parts = [f"step {progress.step}", f"{progress.frames:,}/{self.total_frames:,} frames"]
+        for key, fmt in (("train/loss", "loss {:.4f}"), ("val/loss", "val {:.4f}"), ("train/lr", "lr {:.2e}"),
+                         ("train/grad_norm", "gnorm {:.2f}"), ("train/frames_per_s", "{:,.0f} fr/s")):
+            if key in self.last:
+                parts.append(fmt.format(self.last[key]))
+        rate = (progress.frames - self._f0) / max(time.perf_counter() - self._t0, 1e-9)
+        if rate > 0 and progress.frames < self.total_frames:
+            eta = (self.total_frames - progress.frames) / rate
+            parts.append(f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+        return " | ".join(parts)
+
+    def progress(self, progress: Progress) -> None:
+        if self._bar is not None:
+            info = " ".join(self._line(progress).split(" | ")[2:5])
+            self._bar.update(self._task, completed=min(progress.frames, self.total_frames), info=info)
+
+    def finish(self, progress: Progress) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(progress.frames, self.total_frames))
+            self._bar.stop()
+        self._print(self._line(progress))
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        self._jsonl.close()

@@ -1,0 +1,144 @@
+"""Run directories describe themselves.
+
+    RUN_DIR/
+        config.yaml        the fully resolved TrainConfig (``aimc train --resume RUN_DIR`` reads it)
+        README.md          experiment log, filled in automatically: command, git revision,
+                           config highlights, data, and the final metrics when the run ends
+        metrics.jsonl      one JSON record per logging interval
+        tb/                TensorBoard event files
+        checkpoints/       latest/ (resumable), best/, snapshot_<frames>/
+        final.weights      exported weights (official layout) + final.safetensors (+ .yaml)
+        best.weights       the lowest-validation-loss weights, both formats
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from aimc.config import load_config, save_config, to_dict
+from aimc.errors import UserError
+from aimc.train.checkpoint import Progress
+from aimc.train.config import TrainConfig
+from aimc.utils.io import atomic_write_text
+
+CONFIG_NAME = "config.yaml"
+
+
+def default_run_dir(cfg: TrainConfig, preset: str | None, root: Path = Path("runs")) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.name or (Path(preset).stem if preset else "train")
+    return root / f"{name}-{stamp}"
+
+
+def git_revision() -> str:
+    """``<commit>[+dirty]`` of the aimc source tree, or ``unknown`` outside a checkout."""
+    src = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """The config a run was started with (for ``--resume``)."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a training run directory ({CONFIG_NAME} missing)")
+    return load_config(TrainConfig, path, overrides)
+
+
+def prepare(run_dir: Path, cfg: TrainConfig, *, resume: bool) -> None:
+    """Create the run directory, save the resolved config and start the README."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if resume:
+        _append(run_dir, f"\n## Resumed {_now()}\n\n- command: `{_command()}`\n- git: `{git_revision()}`\n")
+        return
+    save_config(cfg, run_dir / CONFIG_NAME)
+    atomic_write_text(run_dir / "README.md", _readme_start(cfg))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _command() -> str:
+    return " ".join(["aimc" if i == 0 else a for i, a in enumerate(sys.argv)]) if sys.argv else "aimc train"
+
+
+def _readme_start(cfg: TrainConfig) -> str:
+    d, m, o, s = cfg.data, cfg.model, cfg.optim, cfg.schedule
+    mixture = ", ".join(
+        f"`{st}`" + (f" (weight {w})" if d.weights else "") for st, w in zip(d.stores, d.weights or [None] * len(d.stores))
+    ) or "(given in code)"
+    lines = [
+        f"# Training run{': ' + cfg.name if cfg.name else ''}",
+        "",
+        f"- started: {_now()}",
+        f"- command: `{_command()}`",
+        f"- git: `{git_revision()}`",
+        "",
+        "## Model",
+        "",
+        f"- architecture: {m.arch if not m.init else 'from ' + m.init}, goal dim {m.goal_dim}",
+        f"- frozen groups: {', '.join(m.freeze) or 'none'}; LoRA rank: {m.lora.rank or 'off'}",
+        "",
+        "## Data",
+        "",
+        f"- stores: {mixture}; split `{d.split}`, validation `{d.val_split or 'none'}`",
+        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, "
+        f"augmentation {'on' if d.augment else 'off'}",
+        "",
+        "## Optimisation",
+        "",
+        f"- AdamW lr {o.lr:g}, weight decay {o.weight_decay:g}, batch {o.batch_size} x trunc_t {o.trunc_t} "
+        f"x grad_accum {o.grad_accum} per process",
+        f"- {s.n_frames:,} frames, warm-up {s.warmup_frames:,}, cosine to {s.min_lr:g} at {s.decay_end} x n_frames",
+        f"- precision {cfg.runtime.precision}, seed {cfg.runtime.seed}",
+        "",
+        "Full configuration: [config.yaml](config.yaml). Metrics: `metrics.jsonl`, "
+        "`tensorboard --logdir tb`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _append(run_dir: Path, text: str) -> None:
+    path = run_dir / "README.md"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    atomic_write_text(path, old + text)
+
+
+def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, Any], exported: list[str]) -> None:
+    """Add the final numbers to the README and a machine-readable ``summary.json``."""
+    hours = progress.wall_seconds / 3600
+    best = progress.best_val_loss
+    text = [
+        "",
+        f"## Result ({_now()})",
+        "",
+        f"- {progress.step:,} optimizer steps, {progress.frames:,} frames, {hours:.2f} h of training",
+    ]
+    if "train/loss" in last:
+        text.append(f"- final train loss {last['train/loss']:.4f}")
+    if best != float("inf"):
+        text.append(f"- best validation loss {best:.4f}")
+    if "train/frames_per_s" in last:
+        text.append(f"- last measured speed {last['train/frames_per_s']:,.0f} frames/s")
+    text.append(f"- exported: {', '.join(f'`{Path(p).name}`' for p in exported)}")
+    text.append("")
+    _append(run_dir, "\n".join(text))
+    summary = {"step": progress.step, "frames": progress.frames, "hours": hours,
+               "best_val_loss": None if best == float("inf") else best, "last": last,
+               "exported": exported, "config": to_dict(cfg)}
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
