@@ -1,0 +1,496 @@
+"""Reports: one evaluation as markdown, several side by side as a self-contained HTML page.
+
+``aimc compare EVAL_A EVAL_B ...`` (e.g. before and after a fine-tune) reads each evaluation
+folder written by ``aimc eval`` (``summary.json``, ``meta.json``, ``results.jsonl``, videos) and
+the training run that produced each model (the closest folder above the weights that holds
+``metrics.jsonl``), and writes
+
+* ``report.html``: success bars with 95 % Wilson intervals per task, deltas against the first
+  run with Newcombe intervals and p-values, lifts and the instruction matrix (built-in world),
+  phrasing spread, training curves, and video thumbnails linking to the mp4 files. Everything is
+  inline (SVG, CSS, PNG thumbnails as data URIs): the file can be mailed or attached alone.
+* ``report.md``: the same numbers as markdown tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aimc.errors import UserError
+from aimc.eval.metrics import difference, rate
+from aimc.utils.io import atomic_write_text
+
+PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+@dataclass
+class EvalRun:
+    """One evaluation folder, loaded for reporting."""
+
+    name: str
+    path: Path
+    summary: dict
+    meta: dict
+    rows: list[dict]
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    train_dir: Path | None = None
+
+
+def write_summary(out_dir: str | Path, suite) -> dict:
+    """Summarise ``out_dir/results.jsonl`` into summary.json and summary.md; returns the summary."""
+    from aimc.eval.metrics import summarize
+    from aimc.eval.runner import read_results
+
+    out_dir = Path(out_dir)
+    summary = summarize(read_results(out_dir / "results.jsonl"), suite)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    atomic_write_text(out_dir / "summary.md", summary_markdown(summary))
+    return summary
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _find_train_dir(weights: str | None) -> Path | None:
+    if not weights:
+        return None
+    p = Path(weights).resolve()
+    for parent in list(p.parents)[:4]:
+        if (parent / "metrics.jsonl").is_file():
+            return parent
+    return None
+
+
+def read_curves(metrics_path: Path, max_points: int = 400) -> dict[str, list[tuple[float, float]]]:
+    """Numeric series of a ``metrics.jsonl`` keyed by name, x = ``step`` (or the line number)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    try:
+        lines = metrics_path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        x = rec.get("step", i)
+        for k, v in rec.items():
+            if k in ("step", "time", "frames", "epoch") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if math.isfinite(v):
+                series.setdefault(k, []).append((float(x), float(v)))
+    for k, pts in series.items():
+        if len(pts) > max_points:
+            stride = math.ceil(len(pts) / max_points)
+            series[k] = pts[::stride] + ([pts[-1]] if (len(pts) - 1) % stride else [])
+    return series
+
+
+def load_eval_run(path: str | Path, name: str | None = None) -> EvalRun:
+    from aimc.eval.runner import read_results
+
+    path = Path(path)
+    sfile = path / "summary.json"
+    if not sfile.is_file():
+        raise UserError(
+            f"{path}: no summary.json here; pass the folder that `aimc eval --out` wrote "
+            "(run `aimc eval` again with the same --out to finish or re-summarise it)"
+        )
+    summary = json.loads(sfile.read_text(encoding="utf-8"))
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8")) if (path / "meta.json").is_file() else {}
+    train_dir = _find_train_dir((meta.get("agent") or {}).get("weights"))
+    curves = read_curves(train_dir / "metrics.jsonl") if train_dir else {}
+    return EvalRun(name or path.name, path, summary, meta, read_results(path / "results.jsonl"), curves, train_dir)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def _rate_of(entry: dict | None):
+    if not entry:
+        return None
+    return rate(entry["successes"], entry["n"])
+
+
+def _fmt_rate(entry: dict | None) -> str:
+    if not entry or not entry["n"]:
+        return "-"
+    return f"{entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] ({entry['successes']}/{entry['n']})"
+
+
+def _fmt_delta(d) -> str:
+    if d is None or math.isnan(d.diff):
+        return "-"
+    star = " *" if d.significant else ""
+    return f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] p={d.p_value:.3f}{star}"
+
+
+def summary_markdown(summary: dict) -> str:
+    """One evaluation's summary as markdown tables."""
+    lines = [f"# Evaluation: {summary['suite']}", "",
+             f"{summary['episodes']} episodes ({summary['errors']} ended by env errors). "
+             "Rates: successes/episodes with 95 % Wilson intervals.", ""]
+    has_uncond = any(e.get("unconditioned") for e in summary["tasks"].values())
+    head = "| task | success rule | instructed | steps to success (median) |"
+    sep = "| --- | --- | --- | --- |"
+    if has_uncond:
+        head += " unconditioned | lift (95 % CI, p) |"
+        sep += " --- | --- |"
+    lines += [head, sep]
+    for tid, e in summary["tasks"].items():
+        med = e["steps_to_success"]["median"]
+        row = f"| {tid} | {e['rule']} | {_fmt_rate(e['instructed'])} | {'-' if med is None else med} |"
+        if has_uncond:
+            lift = e.get("lift")
+            lift_s = "-" if not lift or lift["diff"] is None or math.isnan(lift["diff"]) else (
+                f"{lift['diff']:+.2f} [{lift['low']:+.2f}, {lift['high']:+.2f}] p={lift['p_value']:.3f}"
+                + (" *" if lift["significant"] else ""))
+            row += f" {_fmt_rate(e.get('unconditioned'))} | {lift_s} |"
+        lines.append(row)
+    if summary.get("lift_summary"):
+        ls = summary["lift_summary"]
+        mean = "-" if ls["mean_lift"] is None else f"{ls['mean_lift']:+.2f}"
+        lines += ["", f"Lift > 0 with non-overlapping intervals on {ls['positive_disjoint']} of {ls['tasks']} "
+                  f"instructions ({ls['positive_significant']} with the difference interval above 0); mean lift {mean}."]
+    if summary.get("matrix_cells"):
+        mc = summary["matrix_cells"]
+        conds = mc["conditions"]
+        lines += ["", "## Instruction matrix", "", "Success of the row's goal when the column's instruction was given.", "",
+                  "| goal \\ instructed | " + " | ".join("(none)" if c.startswith("_") else c for c in conds) + " |",
+                  "| --- |" + " --- |" * len(conds)]
+        for g, row in mc["cells"].items():
+            lines.append(f"| {g} | " + " | ".join(
+                "-" if not row[c]["n"] else (f"**{row[c]['rate']:.2f}**" if c == g else f"{row[c]['rate']:.2f}") for c in conds) + " |")
+    lines += ["", "## Phrasings", "", "| task | phrasing | lang | success |", "| --- | --- | --- | --- |"]
+    for tid, e in summary["tasks"].items():
+        for text, v in e["variants"].items():
+            lines.append(f"| {tid} | {text} | {v.get('lang', '')} | {_fmt_rate(v)} |")
+        if e["spread"]["range"] is not None and len(e["variants"]) > 1:
+            lines.append(f"| {tid} | *spread (max - min)* | | {e['spread']['range']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- SVG pieces
+
+
+def _esc(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def svg_bars(tasks: list[str], runs: list[EvalRun], key: str = "instructed") -> str:
+    """Grouped horizontal bars (one group per task, one bar per run) with Wilson interval whiskers."""
+    bar_h, gap, label_w, plot_w = 14, 10, 190, 460
+    group_h = bar_h * len(runs) + gap
+    height = 30 + group_h * len(tasks) + 10
+    width = label_w + plot_w + 70
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="bars" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="success rates">']
+    for t in (0, 0.25, 0.5, 0.75, 1.0):
+        x = label_w + t * plot_w
+        out.append(f'<line x1="{x:.1f}" y1="20" x2="{x:.1f}" y2="{height - 8}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="14" font-size="10" text-anchor="middle" fill="#555">{t:g}</text>')
+    for i, tid in enumerate(tasks):
+        y0 = 24 + i * group_h
+        out.append(f'<text x="{label_w - 6}" y="{y0 + group_h / 2:.1f}" font-size="11" text-anchor="end" '
+                   f'dominant-baseline="middle">{_esc(tid)}</text>')
+        for j, run in enumerate(runs):
+            e = (run.summary["tasks"].get(tid) or {}).get(key)
+            y = y0 + j * bar_h
+            color = PALETTE[j % len(PALETTE)]
+            if not e or not e["n"]:
+                out.append(f'<text x="{label_w + 4}" y="{y + bar_h - 3}" font-size="10" fill="#999">n/a</text>')
+                continue
+            w = e["rate"] * plot_w
+            out.append(f'<rect x="{label_w}" y="{y + 1}" width="{w:.1f}" height="{bar_h - 2}" fill="{color}">'
+                       f'<title>{_esc(run.name)}: {_esc(_fmt_rate(e))}</title></rect>')
+            lo, hi = label_w + e["low"] * plot_w, label_w + e["high"] * plot_w
+            cy = y + bar_h / 2
+            out.append(f'<line x1="{lo:.1f}" y1="{cy:.1f}" x2="{hi:.1f}" y2="{cy:.1f}" stroke="#222" stroke-width="1.2"/>')
+            for xx in (lo, hi):
+                out.append(f'<line x1="{xx:.1f}" y1="{cy - 4:.1f}" x2="{xx:.1f}" y2="{cy + 4:.1f}" stroke="#222" stroke-width="1.2"/>')
+            out.append(f'<text x="{label_w + plot_w + 6}" y="{y + bar_h - 3}" font-size="10" fill="#333">'
+                       f'{e["successes"]}/{e["n"]}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def svg_curves(name: str, series: list[tuple[str, str, list[tuple[float, float]]]]) -> str:
+    """A line chart of one metric for several runs: series = [(run name, colour, points)]."""
+    w, h, pad_l, pad_b = 420, 200, 56, 28
+    pts_all = [p for _, _, pts in series for p in pts]
+    if not pts_all:
+        return ""
+    xs, ys = [p[0] for p in pts_all], [p[1] for p in pts_all]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+
+    def sx(x):
+        return pad_l + (x - x0) / (x1 - x0) * (w - pad_l - 10)
+
+    def sy(y):
+        return 10 + (1 - (y - y0) / (y1 - y0)) * (h - pad_b - 10)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curve" width="{w}" height="{h}" viewBox="0 0 {w} {h}">',
+           f'<rect x="{pad_l}" y="10" width="{w - pad_l - 10}" height="{h - pad_b - 10}" fill="#fafafa" stroke="#ccc"/>',
+           f'<text x="{pad_l}" y="{h - 4}" font-size="10" fill="#555">{x0:g}</text>',
+           f'<text x="{w - 10}" y="{h - 4}" font-size="10" text-anchor="end" fill="#555">{x1:g} (step)</text>',
+           f'<text x="{pad_l - 4}" y="16" font-size="10" text-anchor="end" fill="#555">{y1:.3g}</text>',
+           f'<text x="{pad_l - 4}" y="{h - pad_b}" font-size="10" text-anchor="end" fill="#555">{y0:.3g}</text>',
+           f'<text x="{(w + pad_l) / 2:.0f}" y="{h - 4}" font-size="11" text-anchor="middle">{_esc(name)}</text>']
+    for run_name, color, pts in series:
+        if not pts:
+            continue
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}">'
+                   f'<title>{_esc(run_name)}</title></polyline>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _thumbnail(video: Path, width: int = 160) -> str | None:
+    """A PNG data URI of a frame from the middle of ``video`` (None if it cannot be read)."""
+    try:
+        import av
+        from PIL import Image
+
+        with av.open(str(video)) as c:
+            frames = [f.to_image() for f in c.decode(video=0)]
+        if not frames:
+            return None
+        img: Image.Image = frames[len(frames) // 2]
+        img = img.resize((width, max(1, int(img.height * width / img.width))))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:  # noqa: BLE001 - a broken video only loses its thumbnail
+        return None
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+_CSS = """
+body{font-family:-apple-system,'Segoe UI','Noto Sans',Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}
+th{background:#f3f3f3}.sig{font-weight:bold;color:#1a7f37}.signeg{font-weight:bold;color:#c0392b}.muted{color:#888}
+.legend span{display:inline-block;margin-right:14px}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
+.videos{display:flex;flex-wrap:wrap;gap:10px}.videos figure{margin:0;font-size:11px;width:170px}
+.videos img{width:160px;border:1px solid #ccc}.curves{display:flex;flex-wrap:wrap;gap:12px}
+"""
+
+
+def _delta_cell(d) -> str:
+    if d is None or math.isnan(d.diff):
+        return '<td class="muted">-</td>'
+    cls = ("sig" if d.diff > 0 else "signeg") if d.significant else ""
+    return f'<td class="{cls}">{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] p={d.p_value:.3f}{" *" if d.significant else ""}</td>'
+
+
+def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
+    """The comparison page for ``runs`` (the first is the baseline for deltas)."""
+    tasks: list[str] = []
+    for r in runs:
+        for t in r.summary["tasks"]:
+            if t not in tasks:
+                tasks.append(t)
+    base = runs[0]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>aimc compare: "
+             f"{_esc(' vs '.join(r.name for r in runs))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>aimc compare: {_esc(' vs '.join(r.name for r in runs))}</h1>"]
+    parts.append('<div class="legend">' + "".join(
+        f'<span><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{_esc(r.name)}</span>' for i, r in enumerate(runs)) + "</div>")
+    parts.append("<table><tr><th>run</th><th>suite</th><th>episodes</th><th>env errors</th><th>weights</th>"
+                 "<th>cond_scale</th><th>folder</th></tr>")
+    for r in runs:
+        a = r.meta.get("agent") or {}
+        parts.append(f"<tr><td>{_esc(r.name)}</td><td>{_esc(r.summary['suite'])}</td><td>{r.summary['episodes']}</td>"
+                     f"<td>{r.summary['errors']}</td><td>{_esc(a.get('weights', '-'))}</td><td>{_esc(a.get('cond_scale', '-'))}</td>"
+                     f"<td>{_esc(r.path)}</td></tr>")
+    parts.append("</table>")
+    suites = {r.summary["suite"] for r in runs}
+    if len(suites) > 1:
+        parts.append(f"<p class=\"signeg\">Warning: the runs come from different suites ({_esc(', '.join(sorted(suites)))}); "
+                     "only tasks with the same id are compared.</p>")
+
+    parts.append("<h2 id=\"success\">Success per task (instructed)</h2><p>Bars: success rate; whiskers: 95 % Wilson "
+                 "interval; right: successes/episodes.</p>")
+    parts.append(svg_bars(tasks, runs, "instructed"))
+
+    head = "".join(f"<th>{_esc(r.name)}</th>" for r in runs) + "".join(f"<th>{_esc(r.name)} - {_esc(base.name)}</th>" for r in runs[1:])
+    parts.append(f"<h2 id=\"deltas\">Deltas against {_esc(base.name)}</h2><p>Differences with Newcombe 95 % intervals and "
+                 "two-proportion z-test p-values; <b>*</b> = interval excludes 0.</p>")
+    parts.append(f"<table><tr><th>task</th><th>rule</th>{head}<th>median steps to success</th></tr>")
+    for tid in tasks:
+        entries = [r.summary["tasks"].get(tid) for r in runs]
+        rule = next((e["rule"] for e in entries if e), "")
+        cells = "".join(f"<td>{_esc(_fmt_rate(e['instructed'] if e else None))}</td>" for e in entries)
+        b = _rate_of(entries[0]["instructed"]) if entries[0] else None
+        for e in entries[1:]:
+            o = _rate_of(e["instructed"]) if e else None
+            cells += _delta_cell(difference(o, b) if (o and b) else None)
+        steps = " / ".join("-" if not e or e["steps_to_success"]["median"] is None else f"{e['steps_to_success']['median']:g}"
+                           for e in entries)
+        parts.append(f"<tr><td>{_esc(tid)}</td><td>{_esc(rule)}</td>{cells}<td>{steps}</td></tr>")
+    parts.append("</table>")
+
+    if any(e.get("lift") for r in runs for e in r.summary["tasks"].values()):
+        parts.append("<h2 id=\"lift\">Instruction following: lift over the unconditioned policy</h2>"
+                     "<p>lift(g) = success(g | instructed g) - success(g | no instruction), same worlds.</p>")
+        parts.append(svg_bars(tasks, runs, "unconditioned").replace('aria-label="success rates"', 'aria-label="unconditioned"'))
+        parts.append("<table><tr><th>task</th>" + "".join(f"<th>{_esc(r.name)} lift</th>" for r in runs) + "</tr>")
+        for tid in tasks:
+            row = f"<tr><td>{_esc(tid)}</td>"
+            for r in runs:
+                e = r.summary["tasks"].get(tid) or {}
+                lift = e.get("lift")
+                if lift and lift["diff"] is not None and not math.isnan(lift["diff"]):
+                    from aimc.eval.metrics import Delta
+
+                    d = Delta(lift["diff"], lift["low"], lift["high"], lift["p_value"])
+                    row += _delta_cell(d)[:-5] + (" (disjoint)" if e.get("lift_disjoint") else "") + "</td>"
+                else:
+                    row += '<td class="muted">-</td>'
+            parts.append(row + "</tr>")
+        parts.append("</table>")
+        for r in runs:
+            ls = r.summary.get("lift_summary")
+            if ls:
+                mean = "-" if ls["mean_lift"] is None else f"{ls['mean_lift']:+.2f}"
+                parts.append(f"<p><b>{_esc(r.name)}</b>: lift &gt; 0 with non-overlapping intervals on "
+                             f"{ls['positive_disjoint']} of {ls['tasks']} instructions; mean lift {mean}.</p>")
+
+    for r in runs:
+        mc = r.summary.get("matrix_cells")
+        if not mc:
+            continue
+        conds = mc["conditions"]
+        parts.append(f"<h2>Instruction matrix: {_esc(r.name)}</h2><p>Row: goal scored; column: instruction given.</p><table><tr><th>goal \\ instructed</th>"
+                     + "".join(f"<th>{'(none)' if c.startswith('_') else _esc(c)}</th>" for c in conds) + "</tr>")
+        for g, row in mc["cells"].items():
+            tds = ""
+            for c in conds:
+                cell = row[c]
+                if not cell["n"]:
+                    tds += '<td class="muted">-</td>'
+                    continue
+                shade = int(255 - 150 * cell["rate"])
+                style = f"background:rgb({shade},{255 - int(60 * cell['rate'])},{shade})"
+                bold = "font-weight:bold;" if c == g else ""
+                tds += f'<td style="{bold}{style}" title="{_esc(_fmt_rate(cell))}">{cell["rate"]:.2f}</td>'
+            parts.append(f"<tr><td>{_esc(g)}</td>{tds}</tr>")
+        parts.append("</table>")
+
+    parts.append("<h2 id=\"phrasings\">Phrasings (per-variant spread)</h2><table><tr><th>task</th><th>phrasing</th><th>lang</th>"
+                 + "".join(f"<th>{_esc(r.name)}</th>" for r in runs) + "</tr>")
+    for tid in tasks:
+        texts: list[str] = []
+        for r in runs:
+            for t in (r.summary["tasks"].get(tid) or {}).get("variants", {}):
+                if t not in texts:
+                    texts.append(t)
+        for t in texts:
+            lang = next(((r.summary["tasks"].get(tid) or {}).get("variants", {}).get(t, {}).get("lang", "") for r in runs), "")
+            parts.append(f"<tr><td>{_esc(tid)}</td><td>{_esc(t)}</td><td>{_esc(lang)}</td>" + "".join(
+                f"<td>{_esc(_fmt_rate((r.summary['tasks'].get(tid) or {}).get('variants', {}).get(t)))}</td>" for r in runs) + "</tr>")
+    parts.append("</table>")
+
+    metric_names: list[str] = []
+    for r in runs:
+        for k in r.curves:
+            if k not in metric_names:
+                metric_names.append(k)
+    metric_names.sort(key=lambda k: (0 if "loss" in k else 1, k))
+    parts.append("<h2 id=\"training\">Training curves</h2>")
+    if metric_names:
+        parts.append('<div class="curves">')
+        for k in metric_names[:6]:
+            parts.append(svg_curves(k, [(r.name, PALETTE[i % len(PALETTE)], r.curves.get(k, [])) for i, r in enumerate(runs)]))
+        parts.append("</div><p class=\"muted\">From " + ", ".join(
+            f"{_esc(r.train_dir / 'metrics.jsonl')}" for r in runs if r.train_dir) + "</p>")
+    else:
+        parts.append("<p class=\"muted\">No metrics.jsonl found above the runs' weights.</p>")
+
+    parts.append("<h2 id=\"videos\">Videos</h2>")
+    any_video = False
+    for r in runs:
+        vids = [row for row in r.rows if row.get("video")][:videos_per_run]
+        if not vids:
+            continue
+        any_video = True
+        parts.append(f"<h3>{_esc(r.name)}</h3><div class=\"videos\">")
+        for row in vids:
+            vpath = (r.path / row["video"]).resolve()
+            thumb = _thumbnail(vpath)
+            goal = row["condition"].split("@")[0]
+            ok = (any(v is not None for v in row["success"].values()) if goal.startswith("_")
+                  else row["success"].get(goal) is not None)
+            label = f"{row['instruction'] or '(no instruction)'} - seed {row['seed']} - {'success' if ok else 'no success'}"
+            img = f'<img src="{thumb}" alt="{_esc(label)}">' if thumb else "[video]"
+            parts.append(f'<figure><a href="{_esc(vpath.as_uri())}">{img}</a><figcaption>{_esc(label)}</figcaption></figure>')
+        parts.append("</div>")
+    if not any_video:
+        parts.append("<p class=\"muted\">No videos recorded (use aimc eval --videos N).</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def compare_markdown(runs: list[EvalRun]) -> str:
+    tasks: list[str] = []
+    for r in runs:
+        for t in r.summary["tasks"]:
+            if t not in tasks:
+                tasks.append(t)
+    base = runs[0]
+    lines = [f"# aimc compare: {' vs '.join(r.name for r in runs)}", "",
+             "Success rates with 95 % Wilson intervals; deltas against the first run with Newcombe intervals "
+             "(* = interval excludes 0).", "",
+             "| task | " + " | ".join(r.name for r in runs) + " | " + " | ".join(f"{r.name} - {base.name}" for r in runs[1:]) + " |",
+             "| --- |" + " --- |" * (2 * len(runs) - 1)]
+    for tid in tasks:
+        entries = [r.summary["tasks"].get(tid) for r in runs]
+        b = _rate_of(entries[0]["instructed"]) if entries[0] else None
+        deltas = []
+        for e in entries[1:]:
+            o = _rate_of(e["instructed"]) if e else None
+            deltas.append(_fmt_delta(difference(o, b)) if (o and b) else "-")
+        lines.append(f"| {tid} | " + " | ".join(_fmt_rate(e["instructed"] if e else None) for e in entries) + " | "
+                     + " | ".join(deltas) + " |")
+    for r in runs:
+        ls = r.summary.get("lift_summary")
+        if ls:
+            mean = "-" if ls["mean_lift"] is None else f"{ls['mean_lift']:+.2f}"
+            lines += ["", f"{r.name}: lift > 0 with non-overlapping intervals on {ls['positive_disjoint']} of "
+                      f"{ls['tasks']} instructions; mean lift {mean}."]
+    return "\n".join(lines) + "\n"
+
+
+def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` comparing the evaluation folders ``paths``."""
+    if not paths:
+        raise UserError("aimc compare needs at least one evaluation folder")
+    if names and len(names) != len(paths):
+        raise UserError(f"--names gives {len(names)} names for {len(paths)} runs")
+    runs = [load_eval_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+    seen: dict[str, int] = {}
+    for r in runs:  # make names unique (two folders called "eval")
+        if r.name in seen:
+            seen[r.name] += 1
+            r.name = f"{r.name} ({seen[r.name]})"
+        else:
+            seen[r.name] = 1
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    atomic_write_text(html_path, compare_html(runs))
+    atomic_write_text(md_path, compare_markdown(runs))
+    return html_path, md_path
