@@ -1,0 +1,330 @@
+"""Training sequences from episode stores, hindsight-relabeled (see ``relabel.py``).
+
+Item ``k`` of rank ``r`` is a pure function of ``(seed, r, k)``: its source, episode, window
+start, goal time steps, unconditioned flag and augmentation are all drawn from
+``np.random.default_rng([seed, r, k])``. So the stream does not depend on the number of
+workers, a resumed run continues at item k with ``start_item=k``, and each rank of a
+distributed run draws its own items.
+
+One item costs: decoding only the video chunks the window lies in (from the chunk's keyframe
+up to the window's last frame), slicing memory-mapped action arrays, and reading the few
+embedding rows that are goals. Nothing per-frame happens in Python.
+
+Batch (after the DataLoader's collation)::
+
+    {"img": uint8 (B, T, H, W, 3), "goal": float32 (B, T, D),
+     "actions": {head: int64 (B, T)}, "first": bool (B, T)}
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from aimc.data.mixture import MixtureSource, ResolvedSource, resolve_sources, source_probabilities
+from aimc.data.relabel import NONE_EMBED_OFFSET, check_goal_spacing, relabel_window
+from aimc.data.store import Episode, StoreError
+from aimc.errors import UserError
+
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luminance weights (RGB)
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Colour augmentation, consistent over time: one random colour transform per sequence."""
+
+    enabled: bool = False  # master switch
+    brightness: float = 0.2  # multiply by U[1 - b, 1 + b]
+    contrast: float = 0.2  # scale distance to the mean luminance by U[1 - c, 1 + c]
+    saturation: float = 0.2  # scale distance to the pixel's gray by U[1 - s, 1 + s]
+    hue: float = 0.03  # rotate colours around the gray axis by U[-h, h] of a full turn
+    grayscale_p: float = 0.1  # probability that the whole sequence is turned gray
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise UserError(f"augment.{name} must be in [0, 1), got {v}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise UserError(f"augment.hue must be in [0, 0.5], got {self.hue}")
+        if not 0.0 <= self.grayscale_p <= 1.0:
+            raise UserError(f"augment.grayscale_p must be in [0, 1], got {self.grayscale_p}")
+
+
+def colour_transform(rng: np.random.Generator, cfg: AugmentConfig, mean_luma: float) -> np.ndarray:
+    """A random affine colour map as a (3, 4) matrix [A | b]: rgb' = A @ rgb + b."""
+    eye = np.eye(3)
+    gray = np.outer(np.ones(3), _LUMA)  # rgb -> (y, y, y)
+    A = eye * rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+    b = np.full(3, (1 - c) * mean_luma)
+    A = c * A
+    s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+    S = s * eye + (1 - s) * gray
+    theta = 2 * np.pi * rng.uniform(-cfg.hue, cfg.hue)
+    k = np.ones(3) / np.sqrt(3)  # rotation about the gray axis (Rodrigues)
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    R = eye + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
+    M = R @ S
+    if rng.random() < cfg.grayscale_p:
+        M = gray @ M
+    return np.hstack([M @ A, (M @ b)[:, None]])
+
+
+def augment_sequence(frames: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Apply one random colour transform to every frame of (T, H, W, 3) uint8 RGB."""
+    import cv2
+
+    t, h, w, _ = frames.shape
+    mean_luma = float(frames[:: max(1, t // 8), ::4, ::4].reshape(-1, 3).mean(0) @ _LUMA)
+    m = colour_transform(rng, cfg, mean_luma).astype(np.float32)
+    out = cv2.transform(frames.reshape(t * h, w, 3), m)  # saturating uint8
+    return out.reshape(t, h, w, 3)
+
+
+class SequenceDataset(Dataset):
+    """T-frame windows of one or several stores, relabeled with hindsight goals.
+
+    stores: store folders / ``"path:split"`` strings / :class:`MixtureSource`; weights: share of
+    frames per source (None = by size); split: default split name; T: frames per item;
+    min_btwn_goals / max_btwn_goals / p_uncond: relabeling (``relabel.py``); seed, rank,
+    world_size: the item stream (item k of rank r from rng(seed, r, k)); num_items: length
+    (default: one pass over the usable frames, divided among ranks); start_item: item k that
+    index 0 maps to (resume); window: ``"random"`` (any start >= 15) or ``"chunks"`` (the
+    original's fixed windows 15, 15+T, ... with the last one moved to the episode end);
+    action_keys: heads to return (default: every stored action not named ``env_*``);
+    require_embeddings: episodes without embeddings are an error (else their goals are zeros of
+    size goal_dim); augment: colour augmentation.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[str | Path | MixtureSource],
+        weights: Sequence[float] | None = None,
+        split: str | None = "train",
+        T: int = 640,
+        min_btwn_goals: int = 15,
+        max_btwn_goals: int = 200,
+        p_uncond: float = 0.1,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_items: int | None = None,
+        start_item: int = 0,
+        window: str = "random",
+        action_keys: Sequence[str] | None = None,
+        require_embeddings: bool = True,
+        goal_dim: int = 512,
+        augment: AugmentConfig | bool | None = None,
+        cache_episodes: int = 64,
+    ) -> None:
+        check_goal_spacing(min_btwn_goals, max_btwn_goals)
+        if T < 1:
+            raise UserError(f"T must be >= 1, got {T}")
+        if not 0.0 <= p_uncond <= 1.0:
+            raise UserError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} outside world_size {world_size}")
+        if window not in ("random", "chunks"):
+            raise UserError(f"window must be 'random' or 'chunks', got {window!r}")
+        if not stores:
+            raise UserError("no episode store given")
+        self.T, self.min_btwn_goals, self.max_btwn_goals, self.p_uncond = T, min_btwn_goals, max_btwn_goals, p_uncond
+        self.seed, self.rank, self.world_size, self.start_item, self.window = seed, rank, world_size, start_item, window
+        if isinstance(augment, bool):
+            augment = AugmentConfig(enabled=augment)
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.cache_episodes = cache_episodes
+
+        self.sources: list[ResolvedSource] = resolve_sources(list(stores), weights, split)
+        min_len = max(min_btwn_goals + NONE_EMBED_OFFSET, T + NONE_EMBED_OFFSET)
+        # per source: eligible episode positions and cumulative window counts
+        self._eligible: list[np.ndarray] = []
+        self._cum: list[np.ndarray] = []
+        usable = []
+        dims = set()
+        missing = []
+        for s in self.sources:
+            ok = np.nonzero(s.lengths >= min_len)[0]
+            for i in ok:
+                meta = s.store.open(s.episode_ids[i]).meta
+                if meta.get("embeddings"):
+                    dims.add(int(meta["embeddings"]["dim"]))
+                elif require_embeddings:
+                    missing.append(f"{s.store.root}/{s.episode_ids[i]}")
+            n = s.lengths[ok]
+            counts = n - T - NONE_EMBED_OFFSET + 1 if window == "random" else np.ceil((n - NONE_EMBED_OFFSET) / T).astype(np.int64)
+            self._eligible.append(ok)
+            self._cum.append(np.cumsum(counts))
+            usable.append(float((n - NONE_EMBED_OFFSET).sum()))
+        if missing:
+            raise UserError(
+                f"{len(missing)} episode(s) have no goal embeddings (e.g. {missing[0]}); run `aimc data embed` "
+                "on the store first"
+            )
+        if len(dims) > 1:
+            raise UserError(f"the stores mix goal-embedding sizes {sorted(dims)}; use stores embedded with one model")
+        self.goal_dim = dims.pop() if dims else goal_dim
+        if not any(len(ok) for ok in self._eligible):
+            raise UserError(
+                f"no episode is long enough: each needs >= {min_len} frames (T + 15 and min_btwn_goals + 15); "
+                f"the longest has {max((int(s.lengths.max()) for s in self.sources if len(s.lengths)), default=0)}"
+            )
+        self._probs = source_probabilities(usable, [s.weight for s in self.sources])
+        self.usable_frames = int(sum(usable))
+        if num_items is None:
+            num_items = max(1, self.usable_frames // (T * world_size))
+        self.num_items = num_items
+        first = next(i for i, ok in enumerate(self._eligible) if len(ok))
+        src0 = self.sources[first]
+        stored = list(src0.store.open(src0.episode_ids[self._eligible[first][0]]).meta["actions"])
+        self.action_keys = list(action_keys) if action_keys is not None else [a for a in stored if not a.startswith("env_")]
+        self._cache: collections.OrderedDict[tuple[int, int], Episode] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def _episode(self, src: int, pos: int) -> Episode:
+        key = (src, pos)
+        ep = self._cache.get(key)
+        if ep is None:
+            s = self.sources[src]
+            ep = s.store.open(s.episode_ids[pos])
+            self._cache[key] = ep
+            if len(self._cache) > self.cache_episodes:
+                self._cache.popitem(last=False)  # drops its memory maps too
+        else:
+            self._cache.move_to_end(key)
+        return ep
+
+    def locate(self, k: int) -> tuple[int, int, int, np.random.Generator]:
+        """Item k -> (source, episode position in that source, window start, rng for the rest)."""
+        rng = np.random.default_rng([self.seed, self.rank, k])
+        src = int(rng.choice(len(self.sources), p=self._probs)) if len(self.sources) > 1 else 0
+        cum = self._cum[src]
+        j = int(rng.integers(cum[-1]))
+        e = int(np.searchsorted(cum, j, side="right"))
+        within = j - (cum[e - 1] if e else 0)
+        pos = int(self._eligible[src][e])
+        n = int(self.sources[src].lengths[pos])
+        if self.window == "random":
+            start = NONE_EMBED_OFFSET + int(within)
+        else:
+            start = min(NONE_EMBED_OFFSET + int(within) * self.T, n - self.T)
+        return src, pos, start, rng
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.num_items:
+            raise IndexError(i)
+        k = self.start_item + i
+        src, pos, start, rng = self.locate(k)
+        ep = self._episode(src, pos)
+        stop = start + self.T
+        frames = ep.frames(start, stop)  # (T, H, W, 3)
+        all_actions = ep.actions()
+        try:
+            actions = {name: torch.from_numpy(np.array(all_actions[name][start:stop], dtype=np.int64)) for name in self.action_keys}
+        except KeyError as e:
+            raise StoreError(f"{ep.path}: no action head {e.args[0]!r} (has {list(all_actions)})") from None
+        goal_idx, uncond = relabel_window(rng, ep.num_frames, start, stop, self.min_btwn_goals, self.max_btwn_goals, self.p_uncond)
+        goal = np.zeros((self.T, self.goal_dim), dtype=np.float32)  # (T, D)
+        if not uncond and ep.has_embeddings:
+            uniq, inv = np.unique(goal_idx, return_inverse=True)
+            _emb, valid = ep.embeddings()  # type: ignore[misc]
+            if not valid[uniq].all():
+                bad = int(uniq[~valid[uniq]][0])
+                raise StoreError(f"{ep.path}: frame {bad} was drawn as a goal but has no valid embedding")
+            goal = ep.embedding_rows(uniq)[inv]
+        if self.augment.enabled:
+            frames = augment_sequence(frames, rng, self.augment)
+        first = np.zeros(self.T, dtype=bool)
+        first[0] = True
+        return {
+            "img": torch.from_numpy(frames),
+            "goal": torch.from_numpy(np.ascontiguousarray(goal)),
+            "actions": actions,
+            "first": torch.from_numpy(first),
+        }
+
+    def describe(self) -> dict:
+        """Sizes and probabilities, for logs."""
+        return {
+            "sources": [
+                {"store": str(s.store.root), "episodes": len(s.episode_ids), "eligible": int(len(ok)), "p": float(p)}
+                for s, ok, p in zip(self.sources, self._eligible, self._probs)
+            ],
+            "usable_frames": self.usable_frames,
+            "num_items": self.num_items,
+            "goal_dim": self.goal_dim,
+            "action_keys": self.action_keys,
+        }
+
+
+def _worker_init(worker_id: int) -> None:
+    # Items draw from their own rng(seed, rank, k); this only seeds library-level randomness
+    # (torch / numpy / random) differently in each worker, reproducibly.
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset  # type: ignore[union-attr]
+    seq = np.random.SeedSequence([ds.seed, ds.rank, 1_000_003, worker_id])
+    s = int(seq.generate_state(1)[0])
+    np.random.seed(s)
+    random.seed(s)
+    torch.manual_seed(s)
+
+
+def make_loader(
+    dataset: SequenceDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 2,
+    persistent_workers: bool = False,
+    drop_last: bool = True,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` in item order (randomness lives in the items, not the order)."""
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    kw = {}
+    if num_workers > 0:
+        kw = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers, "worker_init_fn": _worker_init}
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, **kw
+    )
+
+
+def dataset_from_config(
+    cfg, split: str | None = None, seed: int = 0, rank: int = 0, world_size: int = 1, start_item: int = 0,
+    num_items: int | None = None, **overrides,
+) -> SequenceDataset:
+    """Build a dataset from a ``DataConfig``-like object (stores, weights, split, T, p_uncond,
+    min_btwn_goals, max_btwn_goals, augment)."""
+    kwargs = dict(
+        stores=list(cfg.stores),
+        weights=list(cfg.weights) or None,
+        split=split if split is not None else cfg.split,
+        T=cfg.T,
+        min_btwn_goals=cfg.min_btwn_goals,
+        max_btwn_goals=cfg.max_btwn_goals,
+        p_uncond=cfg.p_uncond,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        start_item=start_item,
+        num_items=num_items,
+        augment=getattr(cfg, "augment", False),
+    )
+    kwargs.update(overrides)
+    return SequenceDataset(**kwargs)
+
+
+def items_for_frames(frames: int, T: int) -> int:
+    """How many T-frame items cover ``frames`` frames."""
+    return math.ceil(frames / T)
