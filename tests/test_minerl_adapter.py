@@ -138,3 +138,15 @@ def test_config_kwargs_match_steve1():
     }
     with pytest.raises(UserError):
         MineRLConfig(resolution=(640,))
+
+
+def test_fake_shortcut_overrides_and_location_stats():
+    env = make_minerl_env(fake=True, max_restarts=7)
+    assert env.config.max_restarts == 7
+    obs, info = env.reset(seed=1)
+    assert obs["location_stats"] == {} and info["location_stats"] == {}
+    obs, _, _, _, info = env.step({"buttons": 288, "camera": 60})  # forward
+    assert obs["location_stats"]["zpos"] > 0 and info["location_stats"] == obs["location_stats"]
+    assert isinstance(obs["location_stats"]["zpos"], float)
+    with pytest.raises(UserError, match="unknown MineRL env settings"):
+        make_minerl_env(fake=True, fly=True)

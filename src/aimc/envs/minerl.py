@@ -9,7 +9,9 @@
   into a full MineRL action dict (ESC, pickItem, swapHands = 0; camera float32 degrees).
   A dict without ``"buttons"`` is taken as a MineRL action dict and passed through.
 * Observations: ``img`` = the agent's 128x128 RGB frame (``cv2.resize`` INTER_LINEAR, as
-  the original agent), ``pov`` = MineRL's frame, ``inventory`` = item -> count.
+  the original agent), ``pov`` = MineRL's frame, ``inventory`` = item -> count,
+  ``location_stats`` = MineRL's location monitor (xpos, ypos, zpos, pitch, yaw, ...; empty
+  right after a reset, which MineRL returns without monitors).
 * ``info``: ``inventory``, ``is_gui_open``, ``location_stats`` (MineRL's monitors),
   ``env_action`` (the dict sent), ``crashes`` (count so far).
 * MineRL crashes often (Java dies, sockets time out). A step that raises, or returns
@@ -22,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import traceback
@@ -138,6 +141,7 @@ class MineRLEnv(gym.Env):
         self._seed = seed
         self._last_pov: np.ndarray | None = None
         self._last_inventory: dict[str, int] = {}
+        self._last_location: dict[str, float] = {}
         self.crashes: list[dict[str, Any]] = []  # one record per crash: when, where, what
         self._crashes_in_a_row = 0
         self.episode = -1
@@ -171,6 +175,7 @@ class MineRLEnv(gym.Env):
                 self._record_crash("reset", e)
         self.episode += 1
         self.step_count = 0
+        self._last_location = {}  # MineRL's reset returns no monitors
         return self._agent_obs(obs), self._info({}, env_action=None)
 
     def step(self, action: Mapping[str, Any]) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -193,6 +198,7 @@ class MineRLEnv(gym.Env):
             return obs, 0.0, False, True, info
         self._crashes_in_a_row = 0
         self.step_count += 1
+        self._last_location = _plain_floats(info.get("location_stats", {}))
         return self._agent_obs(obs), float(reward), bool(terminated), bool(truncated), self._info(info, env_action)
 
     def render(self) -> np.ndarray | None:
@@ -247,27 +253,52 @@ class MineRLEnv(gym.Env):
             "img": resize_to_agent(pov, self.config.agent_size),  # (S, S, 3)
             "pov": pov,
             "inventory": self._last_inventory,
+            "location_stats": self._last_location,
         }
 
     def _info(self, monitors: Mapping[str, Any], env_action: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "inventory": dict(self._last_inventory),
             "is_gui_open": bool(monitors.get("isGuiOpen", False)),
-            "location_stats": dict(monitors.get("location_stats", {})),
+            "location_stats": dict(self._last_location),
             "env_action": env_action,
             "crashes": self.num_crashes,
         }
 
 
-def make_minerl_env(
-    config: MineRLConfig | None = None, seed: int | None = None, env_factory: Callable[[], Any] | None = None
-) -> MineRLEnv:
-    """Build the wrapped env; ``env_factory`` (e.g. ``FakeMineRLEnv``) replaces MineRL in tests.
+def _plain_floats(stats: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in stats.items():
+        with contextlib.suppress(TypeError, ValueError):
+            out[k] = float(np.asarray(v).reshape(-1)[0])
+    return out
 
-    Without a factory, MineRL must be importable; otherwise a :class:`UserError` says how to
-    install it. Nothing starts until the first ``reset``.
+
+def make_minerl_env(
+    config: MineRLConfig | None = None,
+    seed: int | None = None,
+    env_factory: Callable[[], Any] | None = None,
+    fake: bool = False,
+    **overrides: Any,
+) -> MineRLEnv:
+    """Build the wrapped env. Nothing starts until the first ``reset``.
+
+    ``env_factory`` replaces MineRL (tests pass :class:`~aimc.envs.fake_minerl.FakeMineRLEnv`);
+    ``fake=True`` is a shortcut for that. ``overrides`` set :class:`MineRLConfig` fields
+    (e.g. ``max_restarts=10``). Without a factory MineRL must be importable; otherwise a
+    :class:`UserError` says how to install it.
     """
     config = config or MineRLConfig()
+    if overrides:
+        names = {f.name for f in dataclasses.fields(MineRLConfig)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise UserError(f"unknown MineRL env settings {unknown}; known: {sorted(names)}")
+        config = dataclasses.replace(config, **overrides)
+    if env_factory is None and fake:
+        from aimc.envs.fake_minerl import FakeMineRLEnv
+
+        env_factory = FakeMineRLEnv
     if env_factory is None:
         try:
             import minerl  # noqa: F401
