@@ -108,12 +108,18 @@ class CrafterEvalEnv:
 # ---------------------------------------------------------------------------- MineRL
 
 
+class EpisodeLost(RuntimeError):
+    """The env crashed and restarted itself: the episode is lost but the env is usable."""
+
+
 def minerl_measures(obs: dict, info: dict | None = None) -> dict[str, float]:
-    """MineRL observation dict -> flat measures (inventory, location and life stats)."""
+    """MineRL observation + info -> flat measures (inventory, location and life stats)."""
+    info = info or {}
     m: dict[str, float] = {}
-    for k, v in (obs.get("inventory") or {}).items():
+    inv = obs.get("inventory") or info.get("inventory") or {}
+    for k, v in inv.items():
         m[f"inventory.{k}"] = float(np.asarray(v).sum())
-    loc = obs.get("location_stats") or {}
+    loc = obs.get("location_stats") or info.get("location_stats") or {}
     for k, v in loc.items():
         m[f"stat.{k}"] = float(np.asarray(v).reshape(-1)[0])
     for k, v in (obs.get("life_stats") or {}).items():
@@ -123,38 +129,78 @@ def minerl_measures(obs: dict, info: dict | None = None) -> dict[str, float]:
     return m
 
 
+def _human_survival_task_factory(config: Any, initial_inventory: dict | None, start_time: int | None,
+                                  spawn_mobs: bool | None) -> Callable[[], Any]:
+    """HumanSurvival with a starting inventory / time of day / mob spawning (needs MineRL)."""
+
+    def make() -> Any:
+        from minerl.herobraine.env_specs.human_survival_specs import HumanSurvival
+        from minerl.herobraine.hero import handlers
+
+        class TaskSurvival(HumanSurvival):
+            def create_agent_start(self):
+                start = list(super().create_agent_start())
+                if initial_inventory:
+                    start.append(handlers.SimpleInventoryAgentStart(
+                        [{"type": k, "quantity": int(v)} for k, v in initial_inventory.items()]))
+                return start
+
+            def create_server_initial_conditions(self):
+                conds = list(super().create_server_initial_conditions())
+                if start_time is not None:
+                    conds = [c for c in conds if type(c).__name__ != "TimeInitialCondition"]
+                    conds.append(handlers.TimeInitialCondition(allow_passage_of_time=True, start_time=int(start_time)))
+                if spawn_mobs is not None:
+                    conds = [c for c in conds if type(c).__name__ != "SpawningInitialCondition"]
+                    conds.append(handlers.SpawningInitialCondition(allow_spawning=bool(spawn_mobs)))
+                return conds
+
+        return TaskSurvival(**config.env_kwargs()).make()
+
+    return make
+
+
 class MineRLEvalEnv:
     """MineRL 1.0 (HumanSurvival, as STEVE-1 uses) behind the common interface.
 
-    Actions arrive as the policy's joint indices ``{"buttons", "camera"}`` and are converted
-    with ``aimc.actions.minecraft.policy_to_env``; the pov frame is returned as-is (the agent
-    resizes it to its input size). ``fake: true`` plays the offline stand-in
-    ``aimc.envs.fake_minerl`` instead (tests, CI). Other keys go to the adapter.
+    Wraps ``aimc.envs.minerl.MineRLEnv``: actions are the policy's joint indices
+    ``{"buttons", "camera"}``; the frame is the agent's 128x128 ``img``. Task settings:
+    initial_inventory ({item: count}), start_time (ticks, 6000 = noon, 18000 = midnight),
+    spawn_mobs (bool) extend HumanSurvival's env spec. ``fake: true`` plays the offline stand-in
+    ``aimc.envs.fake_minerl.FakeMineRLEnv`` (``fake_options`` go to it; it ignores task settings).
+    Other keys go to ``MineRLConfig``. When MineRL crashes, the wrapped env restarts itself and
+    this adapter raises :class:`EpisodeLost`, so the evaluator replays the episode.
     """
 
     known_measures = None  # MineRL has hundreds of item names
     action_heads = {"buttons": 8641, "camera": 121}
 
-    def __init__(self, fake: bool = False, **kwargs: Any) -> None:
-        from aimc.envs import minerl as adapter
+    def __init__(self, fake: bool = False, fake_options: dict | None = None, initial_inventory: dict | None = None,
+                 start_time: int | None = None, spawn_mobs: bool | None = None, **config: Any) -> None:
+        from aimc.envs.minerl import MineRLConfig, make_minerl_env
 
-        self.env = adapter.make_minerl_env(fake=fake, **kwargs)
+        cfg = MineRLConfig(**config)
+        if fake:
+            from aimc.envs.fake_minerl import FakeMineRLEnv
+
+            options = dict(fake_options or {})
+            factory = lambda: FakeMineRLEnv(**options)  # noqa: E731
+        elif initial_inventory or start_time is not None or spawn_mobs is not None:
+            factory = _human_survival_task_factory(cfg, initial_inventory, start_time, spawn_mobs)
+        else:
+            factory = None
+        self.env = make_minerl_env(cfg, env_factory=factory)
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
-        obs = self.env.reset(seed=int(seed))
-        if isinstance(obs, tuple):
-            obs = obs[0]
-        return np.asarray(obs["pov"], dtype=np.uint8), minerl_measures(obs)
+        obs, info = self.env.reset(seed=int(seed))
+        return np.asarray(obs["img"], dtype=np.uint8), minerl_measures(obs, info)
 
     def step(self, action: dict[str, int]) -> tuple[np.ndarray, dict[str, float], bool]:
-        from aimc.actions.minecraft import policy_to_env
-
-        env_buttons, camera = policy_to_env(np.array([action["buttons"]]), np.array([action["camera"]]))
-        env_action = {k: int(v[0]) for k, v in env_buttons.items()}
-        env_action["camera"] = camera[0]
-        out = self.env.step(env_action)
-        obs, done = out[0], bool(out[2]) or (len(out) == 5 and bool(out[3]))
-        return np.asarray(obs["pov"], dtype=np.uint8), minerl_measures(obs), done
+        obs, _reward, terminated, truncated, info = self.env.step(
+            {"buttons": np.int64(action["buttons"]), "camera": np.int64(action["camera"])})
+        if info.get("env_crash"):
+            raise EpisodeLost(f"MineRL crashed and restarted: {info['env_crash'].get('error')}")
+        return np.asarray(obs["img"], dtype=np.uint8), minerl_measures(obs, info), bool(terminated or truncated)
 
     def close(self) -> None:
         self.env.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from aimc.agent.envs import EvalEnv, make_env
+from aimc.agent.envs import EpisodeLost, EvalEnv, make_env
 
 
 @dataclass
@@ -66,7 +66,8 @@ class _SlotEnvs:
             try:
                 out[slot] = self.envs[slot].step(action)
             except Exception as e:  # noqa: BLE001
-                self._drop(slot)
+                if not isinstance(e, EpisodeLost):  # that env already restarted itself
+                    self._drop(slot)
                 out[slot] = EnvCrash(slot, _short_error(e))
         return out
 

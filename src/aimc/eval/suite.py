@@ -162,7 +162,9 @@ class SuccessTracker:
         """``step`` = number of actions taken so far (0 at reset)."""
         if self.start is None:
             self.start = dict(measures)
-        if "pos.x" in measures and "pos.z" in measures and "pos.x" in self.start:
+        for k, v in measures.items():  # measures an env reports only after its first step
+            self.start.setdefault(k, v)
+        if "pos.x" in measures and "pos.z" in measures:
             d = math.hypot(measures["pos.x"] - self.start["pos.x"], measures["pos.z"] - self.start["pos.z"])
             self.max_travel = max(self.max_travel, d)
         if self.first_step is None and step <= self.horizon and self.rule.holds(self.start, measures, self.max_travel):
