@@ -100,7 +100,8 @@ class SequenceDataset(Dataset):
     (default: one pass over the usable frames, divided among ranks); start_item: item k that
     index 0 maps to (resume); window: ``"random"`` (any start >= 15) or ``"chunks"`` (the
     original's fixed windows 15, 15+T, ... with the last one moved to the episode end);
-    action_keys: heads to return (default: every stored action not named ``env_*``);
+    action_keys: heads to return (default: the episodes' ``policy_heads``, else every stored
+    action not named ``env_*``);
     require_embeddings: episodes without embeddings are an error (else their goals are zeros of
     size goal_dim); augment: colour augmentation.
     """
@@ -185,8 +186,9 @@ class SequenceDataset(Dataset):
         self.num_items = num_items
         first = next(i for i, ok in enumerate(self._eligible) if len(ok))
         src0 = self.sources[first]
-        stored = list(src0.store.open(src0.episode_ids[self._eligible[first][0]]).meta["actions"])
-        self.action_keys = list(action_keys) if action_keys is not None else [a for a in stored if not a.startswith("env_")]
+        meta0 = src0.store.open(src0.episode_ids[self._eligible[first][0]]).meta
+        stored = meta0.get("policy_heads") or [a for a in meta0["actions"] if not a.startswith("env_")]
+        self.action_keys = list(action_keys) if action_keys is not None else list(stored)
         self._cache: collections.OrderedDict[tuple[int, int], Episode] = collections.OrderedDict()
 
     def __len__(self) -> int:

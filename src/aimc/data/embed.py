@@ -1,0 +1,73 @@
+"""Goal embeddings for every episode of a store (``aimc data embed``).
+
+Each frame t >= 15 gets the MineCLIP embedding of frames t-15..t (the 16-frame window ending at
+t), through the fast path :func:`aimc.models.mineclip.embed_episode` (each frame's ViT runs once).
+Long episodes are embedded in segments that overlap by 15 frames, so memory stays bounded and
+the result is the same as one pass. Episodes that already have embeddings are skipped (resume).
+
+Note: the store holds the 128x128 agent frames; they are resized to MineCLIP's 160x256 here.
+The original embedded the full-resolution recordings, so embeddings recomputed from a store are
+close to, not identical with, STEVE-1's ``embeds_attn.pkl`` (converting those keeps them as they are).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from aimc.data.relabel import NONE_EMBED_OFFSET
+from aimc.data.store import EpisodeStore
+
+SEGMENT_FRAMES = 1024
+
+
+def embed_frames(model, frames_rgb: np.ndarray, batch_size: int = 64, device=None, amp_dtype=None, segment: int = SEGMENT_FRAMES):
+    """(N, H, W, 3) uint8 -> (emb float32 (N, D), valid bool (N,)), in overlapping segments."""
+    from aimc.models.mineclip import embed_episode, preprocess_frames
+
+    n = len(frames_rgb)
+    res = tuple(model.cfg.resolution)
+    emb = np.zeros((n, model.cfg.embed_dim), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    for s in range(0, n, segment):
+        lo = max(0, s - NONE_EMBED_OFFSET)  # the 15 frames before s complete s's window
+        e = min(n, s + segment)
+        x = preprocess_frames(frames_rgb[lo:e], res)  # (m, 3, h, w)
+        part, ok = embed_episode(model, x, batch_size=batch_size, device=device, amp_dtype=amp_dtype)
+        emb[s:e] = part[s - lo :]
+        valid[s:e] = ok[s - lo :]
+    return emb, valid
+
+
+def embed_store(
+    store: EpisodeStore,
+    model,
+    episode_ids: Sequence[str] | None = None,
+    batch_size: int = 64,
+    device=None,
+    amp_dtype=None,
+    force: bool = False,
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Embed every (not yet embedded) episode; returns counts {embedded, skipped, frames, seconds}."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    store.require_exists()
+    ids = list(store.episode_ids() if episode_ids is None else episode_ids)
+    todo = [e for e in ids if force or not store.open(e).has_embeddings]
+    t0 = time.time()
+    frames_done = 0
+    base_info = {"model": "mineclip", "window": NONE_EMBED_OFFSET + 1, "from": "store frames", **(info or {})}
+    cols = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*cols, disable=not progress) as bar:
+        task = bar.add_task("embed", total=len(todo))
+        for eid in todo:
+            ep = store.open(eid)
+            emb, valid = embed_frames(model, ep.frames(), batch_size=batch_size, device=device, amp_dtype=amp_dtype)
+            store.set_embeddings(eid, emb, valid, base_info)
+            frames_done += ep.num_frames
+            bar.advance(task)
+    return {"embedded": len(todo), "skipped": len(ids) - len(todo), "frames": frames_done, "seconds": time.time() - t0}
