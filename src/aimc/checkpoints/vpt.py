@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from aimc.checkpoints.safe_load import load_plain_pickle, load_torch_file
-from aimc.config import ConfigError, load_config, save_config
+from aimc.config import ConfigError, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.models.vpt import PolicyConfig, STEVE1Policy
 from aimc.utils.io import atomic_path, atomic_write_bytes
@@ -41,6 +41,7 @@ IGNORED_OFFICIAL_KEYS: frozenset[str] = frozenset()
 # Prefixes found in the wild, longest first: STEVE-1 training saves through DDP
 # (`module.policy.`), an unwrapped agent gives `policy.`, a DDP-wrapped policy `module.`.
 KNOWN_PREFIXES = ("module.policy.", "policy.", "module.")
+AIMC_MODEL_KEY = "aimc"
 GOAL_KEYS = ("net.mineclip_embed_linear.weight", "net.mineclip_embed_linear.bias")
 
 WEIGHTS_SUFFIXES = (".weights", ".pt", ".pth")
@@ -68,16 +69,26 @@ def load_model_file(path: str | Path) -> PolicyConfig:
     if not isinstance(net_args, dict):
         raise UserError(f"{path}: ['model']['args']['net']['args'] should be a dict, found {type(net_args).__name__}")
     pi_head_opts = args.get("pi_head_opts") or {}
+    # aimc settings the official format has no place for (goal size, action heads, ...);
+    # written by save_model_file, ignored by the original loaders.
+    extra = args.get(AIMC_MODEL_KEY) or {}
     try:
-        return PolicyConfig.from_net_args(net_args, pi_head_opts)
+        return PolicyConfig.from_net_args(net_args, pi_head_opts, **extra)
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: unsupported network settings: {e}") from e
 
 
 def save_model_file(cfg: PolicyConfig, path: str | Path) -> None:
-    """Write an official ``.model`` file (plain-data pickle, protocol 4) for ``cfg``."""
+    """Write an official ``.model`` file (plain-data pickle, protocol 4) for ``cfg``.
+
+    The original code reads the net args and pi_head_opts; the aimc-only settings go
+    under ``["model"]["args"]["aimc"]``, which it ignores.
+    """
     net_args, pi_head_opts = cfg.to_net_args()
-    data = {"model": {"args": {"net": {"args": net_args}, "pi_head_opts": pi_head_opts}}}
+    extra = {k: v for k, v in to_dict(cfg).items() if k not in net_args and k != "temperature"}
+    if cfg.recurrence_type == "lstm":
+        extra["recurrence_type"] = "lstm"
+    data = {"model": {"args": {"net": {"args": net_args}, "pi_head_opts": pi_head_opts, AIMC_MODEL_KEY: extra}}}
     atomic_write_bytes(Path(path), pickle.dumps(data, protocol=4))
 
 
