@@ -210,7 +210,11 @@ def iter_video_frames_bgr(path: str | Path) -> Iterator[np.ndarray]:
         raise ContractorDataError(f"{path}: cannot open video ({e}); re-download it or leave it out") from None
     with container:
         try:
-            for frame in container.decode(video=0):
+            if not container.streams.video:
+                raise ContractorDataError(f"{path}: has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # threaded decoding; the frames are the same bytes
+            for frame in container.decode(stream):
                 yield frame.to_ndarray(format="bgr24")
         except av.FFmpegError as e:
             raise ContractorDataError(f"{path}: video is corrupt or truncated ({e})") from None
