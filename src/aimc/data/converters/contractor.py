@@ -55,7 +55,7 @@ def find_recordings(folder: str | Path) -> tuple[list[Job], list[JobResult]]:
             failed.append(JobResult(eid, "failed", f"missing file {stem.name}.mp4 beside the jsonl", sources={"jsonl": str(logs[stem])}))
         else:
             jobs.append(Job(eid, {"video": str(videos[stem]), "jsonl": str(logs[stem])}))
-    return jobs, failed
+    return sorted(jobs, key=lambda j: j.episode_id), failed
 
 
 def convert_recording(job: Job, store: EpisodeStore) -> int:
