@@ -85,6 +85,20 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+def _merge_typed(tp: Any, a: dict, b: dict) -> dict:
+    """Merge ``b`` over ``a`` for dataclass ``tp``: recurse only into nested dataclass fields,
+    so a dict-valued field (e.g. ``action_heads``) is replaced, not merged with its default."""
+    hints = typing.get_type_hints(tp) if _is_dataclass_type(tp) else {}
+    out = dict(a)
+    for k, v in b.items():
+        ftp = hints.get(k)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and _is_dataclass_type(ftp):
+            out[k] = _merge_typed(ftp, out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = d
@@ -213,7 +227,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         if name in kwargs and _is_dataclass_type(tp) and isinstance(data.get(name), dict):
             base = _default_of(f)
             if base is not None:
-                merged = _deep_merge(to_dict(base), data[name])
+                merged = _merge_typed(tp, to_dict(base), data[name])
                 kwargs[name] = from_dict(tp, merged, f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
@@ -253,7 +267,7 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[
         data = _read_yaml(preset_path(preset))
     data = _deep_merge(data, parse_overrides(overrides))
     base = to_dict(cls())
-    return from_dict(cls, _deep_merge(base, data))
+    return from_dict(cls, _merge_typed(cls, base, data))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
