@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_support import GOAL_DIM, SyntheticBatches, TinyPolicy, make_item
+from test_train_support import single_thread, GOAL_DIM, SyntheticBatches, TinyPolicy, make_item  # noqa: F401 (autouse fixture)
 
 from aimc.config import load_config
 from aimc.train.config import ScheduleConfig, TrainConfig

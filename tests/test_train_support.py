@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from torch import nn
 
 N_ACTIONS = 5
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread (and the CI machine's cores are shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 IMG = 8
 GOAL_DIM = 6
 

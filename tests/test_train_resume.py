@@ -1,0 +1,115 @@
+"""Kill-safety and exact resume: SIGKILL a training process mid-run, resume it, and get
+bit-identical final weights to an uninterrupted run (CPU, fixed seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_support import single_thread, GOAL_DIM, SyntheticBatches, TinyPolicy  # noqa: F401 (autouse fixture)
+
+from aimc.config import load_config
+from aimc.train.checkpoint import load_checkpoint
+from aimc.train.config import TrainConfig
+from aimc.train.policy import train_policy
+
+TESTS = Path(__file__).resolve().parent
+
+OVERRIDES = [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false", "schedule.n_frames=384",
+             "schedule.warmup_frames=64", "checkpoint.every=1", "validation.every=4", "checkpoint.snapshot_every_frames=0"]
+
+# Run in a child process: the same training, slowed down by the batch source so the parent
+# can kill it part-way through.
+CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_train_support import SyntheticBatches, TinyPolicy
+    from aimc.config import load_config
+    from aimc.train.config import TrainConfig
+    from aimc.train.policy import train_policy
+    cfg = load_config(TrainConfig, "tiny", {overrides!r})
+    torch.manual_seed(0)
+    src = SyntheticBatches(4, 8, sleep=0.25)
+    train_policy(cfg, {run!r}, policy=TinyPolicy(), train_data=src, val_data=src.val())
+    """
+)
+
+
+def _run(run: Path, resume: bool = False) -> dict[str, torch.Tensor]:
+    cfg = load_config(TrainConfig, "tiny", OVERRIDES)
+    torch.manual_seed(0)
+    src = SyntheticBatches(4, 8)
+    train_policy(cfg, run, resume=resume, policy=TinyPolicy(), train_data=src, val_data=src.val())
+    return load_file(str(run / "final.safetensors"))
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+    reference = _run(tmp_path / "straight")
+
+    run = tmp_path / "killed"
+    code = CHILD.format(tests=str(TESTS), overrides=OVERRIDES, run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    progress = run / "checkpoints" / "latest" / "progress.json"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if progress.is_file() and json.loads(progress.read_text())["step"] >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"child exited early: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("child made no checkpoint in time")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    step_at_kill = json.loads(progress.read_text())["step"]
+    assert step_at_kill < 12  # really killed part-way (12 steps in all)
+    load_checkpoint(run / "checkpoints" / "latest")  # loadable whatever moment the kill hit
+
+    resumed = _run(run, resume=True)
+    assert set(resumed) == set(reference)
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    assert "## Resumed" in (run / "README.md").read_text()
+
+
+def test_resume_mid_sequence_restores_carried_state(tmp_path):
+    # 3 chunks per sequence, 2 per step: checkpoints fall in the middle of sequences
+    over = OVERRIDES + ["data.T=12", "optim.trunc_t=4", "schedule.n_frames=256", "validation.every=0"]
+    cfg = load_config(TrainConfig, "tiny", over)
+    torch.manual_seed(0)
+    train_policy(cfg, tmp_path / "a", policy=TinyPolicy(), train_data=SyntheticBatches(4, 12))
+    ref = load_file(str(tmp_path / "a" / "final.safetensors"))
+
+    torch.manual_seed(0)
+
+    class Stop(Exception):
+        pass
+
+    class Interrupting(SyntheticBatches):
+        def batch(self, index):
+            if index == 3:  # step 5 asks for the 4th sequence; step 4 ended at micro-step 8 (mid-sequence)
+                raise Stop
+            return super().batch(index)
+
+    with pytest.raises(Stop):
+        train_policy(cfg, tmp_path / "b", policy=TinyPolicy(), train_data=Interrupting(4, 12))
+    saved = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest")
+    assert saved["progress"].micro % 3 != 0 and saved["carried_state"] is not None
+    torch.manual_seed(123)  # the resumed run must not depend on the seed state at call time
+    train_policy(cfg, tmp_path / "b", resume=True, policy=TinyPolicy(), train_data=SyntheticBatches(4, 12))
+    got = load_file(str(tmp_path / "b" / "final.safetensors"))
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
