@@ -17,7 +17,8 @@ AGENT_RESOLUTION = 128
 MINECLIP_RESOLUTION = (160, 256)  # (height, width)
 
 
-def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W, 3) or (H, W, 3) uint8 -> (N, height, width, 3) uint8, ``cv2.resize`` INTER_LINEAR per frame."""
     arr = np.asarray(frames)
     single = arr.ndim == 3
     if single:
@@ -35,7 +36,7 @@ def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_to_agent(frames_rgb: np.ndarray, size: int = AGENT_RESOLUTION) -> np.ndarray:
     """(N, H, W, 3) or (H, W, 3) uint8 -> (N, size, size, 3) uint8, as VPT's ``resize_image``."""
-    return _resize_frames(frames_rgb, size, size)
+    return resize_frames(frames_rgb, size, size)
 
 
 def resize_for_mineclip(frames_rgb: np.ndarray, size: tuple[int, int] = MINECLIP_RESOLUTION) -> np.ndarray:
@@ -44,4 +45,7 @@ def resize_for_mineclip(frames_rgb: np.ndarray, size: tuple[int, int] = MINECLIP
     As STEVE-1's ``process_frame_mineclip`` before its HWC -> CHW move
     (``frames.transpose(0, 3, 1, 2)`` gives the original's (N, 3, 160, 256)).
     """
-    return _resize_frames(frames_rgb, int(size[0]), int(size[1]))
+    return resize_frames(frames_rgb, int(size[0]), int(size[1]))
+
+
+_resize_frames = resize_frames  # older name, kept for callers that use it
