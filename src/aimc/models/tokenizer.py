@@ -156,7 +156,13 @@ class ClipTokenizer:
         return rows
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode([i for i in ids if i not in (SOT_ID, EOT_ID)])
+        """Text of a row (or of bare BPE ids): drops SOT, stops at EOT (so padding is ignored)."""
+        ids = list(ids)
+        if ids and ids[0] == SOT_ID:
+            ids = ids[1:]
+        if EOT_ID in ids:
+            ids = ids[: ids.index(EOT_ID)]
+        return self._tok.decode(ids).replace("</w>", " ").strip()
 
 
 def tokenize(texts: list[str] | str) -> torch.Tensor:
