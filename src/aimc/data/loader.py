@@ -103,7 +103,9 @@ class SequenceDataset(Dataset):
     action_keys: heads to return (default: the episodes' ``policy_heads``, else every stored
     action not named ``env_*``);
     require_embeddings: episodes without embeddings are an error (else their goals are zeros of
-    size goal_dim); augment: colour augmentation.
+    size goal_dim); augment: colour augmentation; cache_episodes: open episodes kept per worker;
+    min_episode_frames: shortest usable episode (default, as the original: max(T, min_btwn_goals) + 15;
+    never below T + 15).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class SequenceDataset(Dataset):
         goal_dim: int = 512,
         augment: AugmentConfig | bool | None = None,
         cache_episodes: int = 64,
+        min_episode_frames: int | None = None,
     ) -> None:
         check_goal_spacing(min_btwn_goals, max_btwn_goals)
         if T < 1:
@@ -146,7 +149,9 @@ class SequenceDataset(Dataset):
         self.cache_episodes = cache_episodes
 
         self.sources: list[ResolvedSource] = resolve_sources(list(stores), weights, split)
-        min_len = max(min_btwn_goals + NONE_EMBED_OFFSET, T + NONE_EMBED_OFFSET)
+        min_len = max(min_btwn_goals + NONE_EMBED_OFFSET, T + NONE_EMBED_OFFSET)  # the original's rule
+        if min_episode_frames is not None:
+            min_len = max(min_episode_frames, T + NONE_EMBED_OFFSET)
         # per source: eligible episode positions and cumulative window counts
         self._eligible: list[np.ndarray] = []
         self._cum: list[np.ndarray] = []
