@@ -202,3 +202,28 @@ def test_corrupt_video_is_a_user_error(tmp_path):
         c.load_contractor_episode(path, [line(keys=["w"])])
     with pytest.raises(c.ContractorDataError, match="no such video"):
         list(c.iter_video_frames_bgr(tmp_path / "none.mp4"))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: r["keyboard"].__setitem__("keys", None),
+        lambda r: r["mouse"].__setitem__("dx", "far"),
+        lambda r: r["mouse"].__setitem__("buttons", 3),
+        lambda r: r.__setitem__("mouse", [1, 2]),
+        lambda r: r["mouse"].__setitem__("x", "left"),
+        lambda r: r.__setitem__("hotbar", "3"),
+    ],
+)
+def test_malformed_fields_are_contractor_errors(mutate):
+    bad = line(keys=["e"], gui=True)
+    mutate(bad)
+    with pytest.raises(c.ContractorDataError, match=r"<jsonl>:2: "):
+        c.load_contractor_episode(frames(2), [line(keys=["w"]), bad])
+
+
+def test_non_utf8_jsonl(tmp_path):
+    path = tmp_path / "ep.jsonl"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(c.ContractorDataError, match="not UTF-8"):
+        c.load_contractor_episode(frames(1), path)

@@ -70,7 +70,10 @@ def read_jsonl(source: str | Path | Iterable[str]) -> Iterator[tuple[int, dict[s
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
             raise ContractorDataError(f"{name}: no such jsonl file")
-        lines: Iterable[str] = Path(source).read_text(encoding="utf-8").splitlines()
+        try:
+            lines: Iterable[str] = Path(source).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ContractorDataError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start}); not a jsonl file?") from None
     else:
         lines = source
     for number, line in enumerate(lines, start=1):
@@ -112,6 +115,8 @@ def env_action_from_record(
     """
     keys = _field(record, "keyboard.keys", where)
     mouse = _field(record, "mouse", where)
+    if not isinstance(keys, list):
+        raise ContractorDataError(f"{where}: 'keyboard.keys' must be a list, got {type(keys).__name__}")
     buttons = np.zeros(len(ENV_BUTTONS), dtype=np.int64)
     is_null = True
     for key in keys:
@@ -260,23 +265,30 @@ def iter_contractor_steps(
         number, record = item if isinstance(item, tuple) else (index + 1, item)
         where = f"{source}:{number}"
         counts["lines"] += 1
-        mouse = _field(record, "mouse", where)
-        if index == 0:
-            attack_stuck = _field(mouse, "newButtons", where) == [0]
-        elif attack_stuck and 0 in _field(mouse, "newButtons", where):
-            attack_stuck = False
-        if attack_stuck:  # copy: never edit the caller's records
-            record = {**record, "mouse": {**mouse, "buttons": [b for b in _field(mouse, "buttons", where) if b != 0]}}
+        try:
+            mouse = _field(record, "mouse", where)
+            if index == 0:
+                attack_stuck = _field(mouse, "newButtons", where) == [0]
+            elif attack_stuck and 0 in _field(mouse, "newButtons", where):
+                attack_stuck = False
+            if attack_stuck:  # copy: never edit the caller's records
+                unstuck = [b for b in _field(mouse, "buttons", where) if b != 0]
+                record = {**record, "mouse": {**mouse, "buttons": unstuck}}
 
-        buttons, camera, is_null = env_action_from_record(record, fix_quirks, where)
-        hotbar = _field(record, "hotbar", where)
-        if not isinstance(hotbar, int) or not 0 <= hotbar <= 8:
-            raise ContractorDataError(f"{where}: 'hotbar' must be an integer 0..8, got {hotbar!r}")
-        if hotbar != last_hotbar:
-            buttons[_COL[f"hotbar.{hotbar + 1}"]] = 1
-            if fix_quirks:  # quirk 3: the original keeps is_null from before the hotbar update
-                is_null = False
-        last_hotbar = hotbar
+            buttons, camera, is_null = env_action_from_record(record, fix_quirks, where)
+            hotbar = _field(record, "hotbar", where)
+            if not isinstance(hotbar, int) or not 0 <= hotbar <= 8:
+                raise ContractorDataError(f"{where}: 'hotbar' must be an integer 0..8, got {hotbar!r}")
+            if hotbar != last_hotbar:
+                buttons[_COL[f"hotbar.{hotbar + 1}"]] = 1
+                if fix_quirks:  # quirk 3: the original keeps is_null from before the hotbar update
+                    is_null = False
+            last_hotbar = hotbar
+            gui_open = bool(_field(record, "isGuiOpen", where)) if not is_null else False
+            if gui_open:
+                cursor_xy = float(_field(record, "mouse.x", where)), float(_field(record, "mouse.y", where))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ContractorDataError(f"{where}: malformed line ({type(e).__name__}: {e})") from None
 
         frame = next(frames, None)  # read a frame even for null lines to stay in sync
         if frame is None:
@@ -288,11 +300,9 @@ def iter_contractor_steps(
         frame = np.array(frame, dtype=np.uint8, copy=True)
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise ContractorDataError(f"{where}: video frame must be (H, W, 3), got {frame.shape}")
-        if _field(record, "isGuiOpen", where):
+        if gui_open:
             scale = frame.shape[0] / RECORDING_HEIGHT_PX
-            x = int(float(_field(record, "mouse.x", where)) * scale)
-            y = int(float(_field(record, "mouse.y", where)) * scale)
-            overlay_cursor(frame, x, y, cursor)
+            overlay_cursor(frame, int(cursor_xy[0] * scale), int(cursor_xy[1] * scale), cursor)
         counts["kept"] += 1
         yield ContractorStep(index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), buttons, camera)
 
