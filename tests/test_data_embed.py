@@ -1,0 +1,50 @@
+"""`aimc data embed`: segmented embedding equals one pass, resume skips embedded episodes, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from aimc.checkpoints.mineclip import save_mineclip
+from aimc.cli import main as cli_main
+from aimc.data.embed import embed_frames, embed_store
+from aimc.data.store import EpisodeStore, VideoSettings
+from aimc.models.mineclip import MineCLIP, MineCLIPConfig, embed_episode, preprocess_frames
+
+
+def tiny_mineclip() -> MineCLIP:
+    cfg = MineCLIPConfig(resolution=(32, 48), patch_size=16, vision_width=32, vision_layers=1, vision_heads=2,
+                         base_image_resolution=32, embed_dim=16, text_width=16, text_layers=1, text_heads=2,
+                         vocab_size=49408, pool_depth=1, pool_heads=2, pool_dim_head=8, video_adapter_layers=1)
+    torch.manual_seed(0)
+    return MineCLIP(cfg).eval()
+
+
+def test_segments_match_one_pass():
+    model = tiny_mineclip()
+    frames = np.random.default_rng(0).integers(0, 256, (50, 24, 24, 3), dtype=np.uint8)
+    emb, valid = embed_frames(model, frames, batch_size=8, segment=20)
+    ref, ref_valid = embed_episode(model, preprocess_frames(frames, (32, 48)), batch_size=8)
+    np.testing.assert_array_equal(valid, ref_valid)
+    assert not valid[:15].any() and valid[15:].all()
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+
+
+def test_embed_store_resumes_and_cli(tmp_path, capsys):
+    store = EpisodeStore(tmp_path / "s", video=VideoSettings(crf=0))
+    rng = np.random.default_rng(1)
+    for i, n in enumerate([20, 18]):
+        store.write_episode(f"e{i}", rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), {"action": np.zeros(n, np.int64)}, {})
+    model = tiny_mineclip()
+    res = embed_store(store, model, episode_ids=["e0"], batch_size=8, progress=False)
+    assert res["embedded"] == 1
+    ep = store.open("e0")
+    emb, valid = ep.embeddings()
+    assert emb.shape == (20, 16) and valid[15:].all() and ep.meta["embeddings"]["model"] == "mineclip"
+    ref, _ = embed_frames(model, ep.frames(), batch_size=8)
+    np.testing.assert_allclose(np.asarray(emb[15:], np.float32), ref[15:], atol=2e-3)  # stored as float16
+    weights = save_mineclip(model, tmp_path / "mc.safetensors")
+    rc = cli_main(["data", "embed", str(store.root), "--mineclip", str(weights), "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "embedded 1 episode(s)" in out and "skipped 1 already embedded" in out
+    assert store.open("e1").has_embeddings
