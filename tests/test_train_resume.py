@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from test_train_support import single_thread, GOAL_DIM, SyntheticBatches, TinyPolicy  # noqa: F401 (autouse fixture)
 
@@ -22,28 +20,17 @@ from aimc.train.checkpoint import load_checkpoint
 from aimc.train.config import TrainConfig
 from aimc.train.policy import train_policy
 
-TESTS = Path(__file__).resolve().parent
-
 OVERRIDES = [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false", "schedule.n_frames=384",
              "schedule.warmup_frames=64", "checkpoint.every=1", "validation.every=4", "checkpoint.snapshot_every_frames=0"]
 
-# Run in a child process: the same training, slowed down by the batch source so the parent
-# can kill it part-way through.
-CHILD = textwrap.dedent(
-    """
-    import sys, torch
+def _child(run: str) -> None:
+    """The same training in a forked child, slowed down by the batch source so the parent
+    can kill it part-way through."""
     torch.set_num_threads(1)
-    sys.path.insert(0, {tests!r})
-    from test_train_support import SyntheticBatches, TinyPolicy
-    from aimc.config import load_config
-    from aimc.train.config import TrainConfig
-    from aimc.train.policy import train_policy
-    cfg = load_config(TrainConfig, "tiny", {overrides!r})
+    cfg = load_config(TrainConfig, "tiny", OVERRIDES)
     torch.manual_seed(0)
     src = SyntheticBatches(4, 8, sleep=0.25)
-    train_policy(cfg, {run!r}, policy=TinyPolicy(), train_data=src, val_data=src.val())
-    """
-)
+    train_policy(cfg, run, policy=TinyPolicy(), train_data=src, val_data=src.val())
 
 
 def _run(run: Path, resume: bool = False) -> dict[str, torch.Tensor]:
@@ -58,22 +45,23 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     reference = _run(tmp_path / "straight")
 
     run = tmp_path / "killed"
-    code = CHILD.format(tests=str(TESTS), overrides=OVERRIDES, run=str(run))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = mp.get_context("fork").Process(target=_child, args=(str(run),))
+    proc.start()
     progress = run / "checkpoints" / "latest" / "progress.json"
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
             if progress.is_file() and json.loads(progress.read_text())["step"] >= 3:
                 break
-            if proc.poll() is not None:
-                pytest.fail(f"child exited early: {proc.stderr.read().decode()[-2000:]}")
+            if not proc.is_alive():
+                pytest.fail(f"child exited early with code {proc.exitcode}")
             time.sleep(0.05)
         else:
             pytest.fail("child made no checkpoint in time")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait()
+        proc.join()
+    assert proc.exitcode == -signal.SIGKILL
     step_at_kill = json.loads(progress.read_text())["step"]
     assert step_at_kill < 12  # really killed part-way (12 steps in all)
     load_checkpoint(run / "checkpoints" / "latest")  # loadable whatever moment the kill hit

@@ -47,13 +47,13 @@ class _Recurrent(nn.Module):
 
 
 class _Net(nn.Module):
-    def __init__(self, hid: int, goal_dim: int) -> None:
+    def __init__(self, hid: int, goal_dim: int, dropout: float) -> None:
         super().__init__()
         self.img_process = _ImgProcess(hid)
         self.mineclip_embed_linear = nn.Linear(goal_dim, hid)
         self.recurrent_layer = _Recurrent(hid)
         self.final_ln = nn.LayerNorm(hid)
-        self.dropout = nn.Dropout(0.1)
+        self.dropout = nn.Dropout(dropout)
 
 
 class _Heads(nn.Module):
@@ -65,10 +65,10 @@ class _Heads(nn.Module):
 class TinyPolicy(nn.Module):
     """8x8 frames -> conv -> + goal -> LSTM cell over time -> action logits."""
 
-    def __init__(self, hid: int = 16, goal_dim: int = GOAL_DIM) -> None:
+    def __init__(self, hid: int = 16, goal_dim: int = GOAL_DIM, dropout: float = 0.1) -> None:
         super().__init__()
         self.hid = hid
-        self.net = _Net(hid, goal_dim)
+        self.net = _Net(hid, goal_dim, dropout)
         self.pi_head = _Heads(hid, N_ACTIONS)
         self.value_head = nn.Linear(hid, 1)
 
