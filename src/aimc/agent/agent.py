@@ -212,6 +212,33 @@ class Agent:
         return {k: v.cpu().numpy().astype(np.int64) for k, v in actions.items()}
 
 
+class RandomAgent:
+    """Uniformly random actions: the floor every model should beat (``aimc eval --baseline random``)."""
+
+    def __init__(self, heads: dict[str, int], seed: int = 0) -> None:
+        self.heads = dict(heads)
+        self.rng = np.random.default_rng(seed)
+        self.cond_scale = 0.0
+
+    def describe(self) -> dict:
+        return {"weights": "random", "heads": self.heads}
+
+    def reset(self, batch_size: int) -> None:
+        pass
+
+    def zero_goal(self) -> np.ndarray:
+        return np.zeros(1, np.float32)
+
+    def goal(self, instruction: str | None, seed: int) -> np.ndarray:
+        return self.zero_goal()
+
+    def text_goals(self, texts: Sequence[str], seeds: Sequence[int] | None = None) -> np.ndarray:
+        return np.zeros((len(texts), 1), np.float32)
+
+    def act(self, frames: np.ndarray, goals: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: self.rng.integers(0, n, size=len(frames)) for k, n in self.heads.items()}
+
+
 class PromptSchedule:
     """Prompts that take turns: ``prompts[(step // switch_every) % len(prompts)]``."""
 

@@ -85,11 +85,13 @@ class CrafterEvalEnv:
         + ["pos.x", "pos.z"]
     )
 
+    action_heads = {"action": 17}  # Crafter's 17 discrete actions
+
     def __init__(self, size: int = 64, max_steps: int = 10_000, **kwargs: Any) -> None:
         from aimc.envs.crafter import CrafterEnv, CrafterEnvConfig
 
         self.env = CrafterEnv(CrafterEnvConfig(size=size, max_steps=max_steps, **kwargs))
-        self.action_heads = {"action": int(self.env.action_space.n)}
+        assert self.env.action_space.n == self.action_heads["action"]
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
         obs, info = self.env.reset(seed=int(seed))
@@ -210,6 +212,19 @@ ENVS: dict[str, Callable[..., EvalEnv]] = {
     "crafter": CrafterEvalEnv,
     "minerl": MineRLEvalEnv,
 }
+
+
+def action_heads(cfg: dict) -> dict[str, int]:
+    """The policy heads (name -> choices) of the adapter named in ``cfg`` (builds it if needed)."""
+    factory = ENVS.get(str(cfg.get("name", "")))
+    heads = getattr(factory, "action_heads", None) if factory is not None else None
+    if isinstance(heads, dict):
+        return dict(heads)
+    env = make_env(cfg)
+    try:
+        return dict(env.action_heads)
+    finally:
+        env.close()
 
 
 def known_measures(cfg: dict) -> frozenset[str] | None:

@@ -1,7 +1,82 @@
-"""Command-line commands of this package (registered by aimc.cli)."""
+"""``aimc eval`` (run a suite) and ``aimc compare`` (HTML/markdown report of several evaluations)."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+from aimc.errors import UserError
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from aimc.agent.commands import build_agent, env_config
+    from aimc.eval.report import summary_markdown, write_summary
+    from aimc.eval.runner import run_suite
+    from aimc.eval.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.tasks:
+        suite = suite.select([t.strip() for t in args.tasks.split(",") if t.strip()])
+    if args.env_opt:
+        from dataclasses import replace
+
+        suite = replace(suite, env={**suite.env, **{k: v for k, v in env_config(suite.env["name"], args.env_opt).items() if k != "name"}})
+    if args.max_steps:
+        from dataclasses import replace
+
+        suite = replace(suite, max_steps=args.max_steps,
+                        tasks=tuple(replace(t, max_steps=min(t.max_steps, args.max_steps)) for t in suite.tasks))
+    if args.baseline == "random":
+        from aimc.agent.agent import RandomAgent
+        from aimc.agent.envs import action_heads
+
+        agent = RandomAgent(action_heads(suite.env), seed=args.seed)
+    else:
+        if not args.weights:
+            raise UserError("aimc eval needs --weights (or --baseline random)")
+        agent = build_agent(args, need_text=True)
+    out = Path(args.out)
+    run_suite(suite, agent, out, episodes=args.episodes, num_envs=args.num_envs, workers=args.workers,
+              videos=args.videos, progress=not args.quiet)
+    summary = write_summary(out, suite)
+    print(summary_markdown(summary))
+    print(f"results: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from aimc.eval.report import compare
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    html_path, md_path = compare(args.runs, args.out, names)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
+
 
 def register(cli) -> None:
-    """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
+    """Add ``aimc eval`` and ``aimc compare`` to ``cli`` (an ``aimc.cli.CommandLine``)."""
+    from aimc.agent.commands import add_agent_arguments
+
+    p = cli.command("eval", help="run an evaluation suite (N episodes per task on fixed seeds; resumable)", run=_eval)
+    add_agent_arguments(p)
+    for a in p._actions:  # --weights is optional here (a random baseline needs none)
+        if a.dest == "weights":
+            a.required = False
+    p.add_argument("--suite", default="crafter-core", help="shipped suite name (crafter-core, steve1-early-game) or a YAML file")
+    p.add_argument("--out", required=True, help="output folder; run again with the same folder to resume")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per task and condition (default: the suite's)")
+    p.add_argument("--tasks", default=None, help="comma-separated task ids to run (default: all)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap every task's horizon (quick checks)")
+    p.add_argument("--env-opt", action="append", default=None, metavar="KEY=VALUE", help="override an env setting (repeatable)")
+    p.add_argument("--num-envs", type=int, default=8, help="episodes played at once (the policy's batch; default 8)")
+    p.add_argument("--workers", type=int, default=0, help="env processes (0 = in this process)")
+    p.add_argument("--videos", type=int, default=0, help="record the first N episodes of every condition")
+    p.add_argument("--baseline", choices=["random"], default=None, help="evaluate uniformly random play instead of a model")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = cli.command("compare", help="compare evaluations (e.g. before/after fine-tuning) in an HTML + markdown report",
+                    run=_compare)
+    c.add_argument("runs", nargs="+", help="evaluation folders written by aimc eval --out (the first is the baseline)")
+    c.add_argument("--out", default="compare", help="folder for report.html and report.md (default ./compare)")
+    c.add_argument("--names", default=None, help="comma-separated display names for the runs")

@@ -1,0 +1,174 @@
+"""The agent: goals from text / video, guided batched acting, prompt schedules, video overlay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aimc.agent.agent import Agent, PromptSchedule, RandomAgent
+from aimc.agent.video import VideoWriter, overlay, read_video
+from aimc.errors import UserError
+
+TINY_EMBED = 16
+
+
+def tiny_mineclip_config():
+    from aimc.models.mineclip import MineCLIPConfig
+
+    return MineCLIPConfig(resolution=(32, 48), patch_size=16, vision_width=32, vision_layers=1, vision_heads=2,
+                          base_image_resolution=32, embed_dim=TINY_EMBED, text_width=16, text_layers=1, text_heads=2,
+                          pool_depth=1, pool_heads=2, pool_dim_head=8, pool_ff_mult=2, video_seq_len=16)
+
+
+def make_bundle(root: Path, heads: dict[str, int] | None = None, img: int = 64) -> Path:
+    """A tiny random agent: run/checkpoints/last.safetensors (+ .yaml), run/mineclip.safetensors, run/prior.safetensors."""
+    from aimc.checkpoints.mineclip import save_mineclip
+    from aimc.checkpoints.prior import save_prior
+    from aimc.checkpoints.vpt import save_policy
+    from aimc.models.mineclip import MineCLIP
+    from aimc.models.prior import PriorConfig, PriorCVAE
+    from aimc.models.vpt import PolicyConfig, STEVE1Policy
+
+    torch.manual_seed(0)
+    run = root / "run"
+    cfg = PolicyConfig.tiny(action_heads=heads or {"action": 17}, mineclip_embed_dim=TINY_EMBED, img_shape=[img, img, 3])
+    weights = save_policy(STEVE1Policy(cfg), run / "checkpoints" / "last.safetensors")
+    save_mineclip(MineCLIP(tiny_mineclip_config()), run / "mineclip.safetensors")
+    save_prior(PriorCVAE(PriorConfig(input_dim=TINY_EMBED, hidden_dim=32, latent_dim=8)), run / "prior.safetensors")
+    return Path(weights)
+
+
+@pytest.fixture(scope="module")
+def agent():
+    from aimc.models.mineclip import MineCLIP
+    from aimc.models.prior import PriorConfig, PriorCVAE
+    from aimc.models.vpt import PolicyConfig, STEVE1Policy
+
+    torch.manual_seed(0)
+    policy = STEVE1Policy(PolicyConfig.tiny(action_heads={"action": 17}, mineclip_embed_dim=TINY_EMBED))
+    prior = PriorCVAE(PriorConfig(input_dim=TINY_EMBED, hidden_dim=32, latent_dim=8))
+    return Agent(policy, MineCLIP(tiny_mineclip_config()), prior, cond_scale=6.0, device="cpu")
+
+
+def test_text_goals_seeded_and_deterministic(agent):
+    a = agent.text_goals(["chop a tree", "chop a tree", "砍树"], seeds=[1, 2, 1])
+    b = agent.text_goals(["chop a tree", "chop a tree", "砍树"], seeds=[1, 2, 1])
+    assert a.shape == (3, TINY_EMBED) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)  # same seed, same prior sample
+    assert not np.allclose(a[0], a[1])  # another seed, another sample
+    assert not np.allclose(a[0], a[2])  # another text
+    agent.deterministic_prior = True
+    try:
+        c = agent.text_goals(["chop a tree", "chop a tree"], seeds=[1, 2])
+        np.testing.assert_array_equal(c[0], c[1])
+    finally:
+        agent.deterministic_prior = False
+    np.testing.assert_array_equal(agent.goal(None, 0), np.zeros(TINY_EMBED, np.float32))
+
+
+def test_video_goal(agent):
+    frames = np.random.default_rng(0).integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+    g = agent.video_goal(frames)
+    assert g.shape == (TINY_EMBED,) and np.isfinite(g).all()
+    np.testing.assert_allclose(g, agent.video_goal(frames[-16:]), rtol=1e-5, atol=1e-6)  # last 16 frames
+
+
+def test_guided_act_is_one_batched_forward(agent):
+    calls = []
+    policy = agent.policy
+    orig = policy.forward
+
+    def counting(img, goal, first, state):
+        calls.append(img.shape[0])
+        return orig(img, goal, first, state)
+
+    policy.forward = counting
+    try:
+        agent.reset(3)
+        frames = np.random.default_rng(1).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)  # resized to 64
+        goals = agent.text_goals(["a", "b", "c"], [0, 1, 2])
+        acts = agent.act(frames, goals, np.ones(3, bool))
+        acts2 = agent.act(frames, goals, np.zeros(3, bool))
+    finally:
+        policy.forward = orig
+    assert calls == [6, 6]  # cond + uncond rows of 3 envs, one forward per step
+    for a in (acts, acts2):
+        assert set(a) == {"action"} and a["action"].shape == (3,) and a["action"].dtype == np.int64
+        assert ((0 <= a["action"]) & (a["action"] < 17)).all()
+    agent.cond_scale = 0.0
+    try:
+        agent.reset(2)
+        assert agent.state[0][0].shape[0] == 2  # unguided: one row per env
+    finally:
+        agent.cond_scale = 6.0
+
+
+def test_first_resets_memory_per_slot(agent):
+    """A slot flagged first acts like a fresh agent, whatever the other slot did before."""
+    agent.stochastic = False
+    try:
+        rng = np.random.default_rng(2)
+        warm = rng.integers(0, 255, (5, 2, 64, 64, 3), dtype=np.uint8)
+        goals = agent.text_goals(["x", "y"], [0, 1])
+        probe = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+        agent.reset(2)
+        for t in range(5):
+            agent.act(warm[t], goals, np.array([t == 0, t == 0]))
+        logits_after = _logits(agent, probe, goals, np.array([True, False]))
+        agent.reset(2)
+        logits_fresh = _logits(agent, probe, goals, np.array([True, True]))
+        torch.testing.assert_close(logits_after[0], logits_fresh[0])
+        assert not torch.allclose(logits_after[1], logits_fresh[1])
+    finally:
+        agent.stochastic = True
+
+
+def _logits(agent, frames, goals, first):
+    img = agent._prepare(frames)
+    _, agent.state, info = agent.policy.act(img, torch.as_tensor(goals), torch.as_tensor(first), agent.state,
+                                            cond_scale=agent.cond_scale, stochastic=False)
+    return info["logits"]["action"]
+
+
+def test_prompt_schedule_and_errors():
+    s = PromptSchedule(["a", " b ", ""], 3)
+    assert [s.prompt_at(i) for i in range(8)] == ["a", "a", "a", "b", "b", "b", "a", "a"]
+    with pytest.raises(UserError):
+        PromptSchedule([""], 3)
+    with pytest.raises(UserError):
+        PromptSchedule(["a"], 0)
+    r = RandomAgent({"buttons": 8641, "camera": 121}, seed=0)
+    a = r.act(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 1)), np.ones(4, bool))
+    assert a["buttons"].shape == (4,) and a["camera"].max() < 121
+
+
+def test_overlay_and_video_roundtrip(tmp_path):
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[:, :32] = 200
+    img = overlay(frame, "collect wood", 7, scale=3)
+    assert img.shape[1] == 192 and img.shape[0] % 2 == 0 and img.shape[0] > 192
+    bar = img.shape[0] - 192
+    assert img[:bar].max() > 100  # the caption text is drawn in the bar
+    np.testing.assert_array_equal(img[bar:, :96], 200)  # the frame itself is untouched, scaled
+    with VideoWriter(tmp_path / "v.mp4", fps=10, scale=3) as v:
+        for t in range(6):
+            v.add(frame, "种一棵树苗 plant a sapling", t)  # Chinese renders (boxes without a CJK font), never crashes
+    out = read_video(tmp_path / "v.mp4")
+    assert out.shape == (6, img.shape[0], 192, 3)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_overlay_without_any_truetype_font(monkeypatch):
+    import aimc.agent.video as video
+
+    video.find_font_path.cache_clear()
+    video._font.cache_clear()
+    monkeypatch.setattr(video, "find_font_path", lambda cjk_only=False: None)
+    try:
+        img = video.overlay(np.zeros((32, 32, 3), np.uint8), "挖石头 mine stone", 1, scale=4)
+        assert img[:20].max() > 0
+    finally:
+        video._font.cache_clear()
