@@ -53,6 +53,8 @@ FOREIGN_FLAGS = {
 # commands' overrides must exist in at least one *Config dataclass of aimc).
 COMMAND_CONFIGS = {
     ("train",): "aimc.train.config:TrainConfig",
+    ("prior", "train"): "aimc.train.prior:PriorTrainConfig",
+    ("mineclip", "train"): "aimc.train.mineclip:MineCLIPTrainConfig",
 }
 
 
