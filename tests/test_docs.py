@@ -261,15 +261,26 @@ def check_aimc_argv(argv: list[str]) -> list[str]:
     if path and subcommands(parser) and not any(t in ("-h", "--help") for t in rest) and rest:
         problems.append(f"`{name}` is a command group; it needs one of: {', '.join(subcommands(parser))}")
     options = parser._option_string_actions
+    positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+    only_overrides = bool(positionals) and all("=" in str(a.metavar or "") for a in positionals)
+    skip = 0
     for tok in rest:
+        if skip:
+            skip -= 1
+            continue
         if tok == "--":
             break
         if tok.startswith("--") or re.match(r"^-[A-Za-z]", tok):
             flag = tok.split("=", 1)[0]
             if flag not in options:
                 problems.append(f"`{name}` has no option {flag} (it has: {', '.join(sorted(options))})")
+            elif "=" not in tok:
+                nargs = options[flag].nargs
+                skip = 1 if nargs is None or nargs == "?" else (nargs if isinstance(nargs, int) else 1)
             continue
         m = OVERRIDE.match(tok)
+        if only_overrides and not m and not tok.startswith(("$", "<")):
+            problems.append(f"`{name} … {tok}`: this command takes only KEY=VALUE overrides as arguments")
         if m and ("." in m["key"] or path in COMMAND_CONFIGS):
             err = check_config_key(m["key"], path)
             if err:
