@@ -60,7 +60,7 @@ class DataConfig:
     p_uncond: float = 0.1
     """Probability that a whole sequence's goals are zeroed (unconditioned)."""
     min_btwn_goals: int = 15
-    """Hindsight relabeling: fewest steps between two goal time steps."""
+    """Hindsight relabeling: fewest steps between two goal time steps (>= 15)."""
     max_btwn_goals: int = 200
     """Hindsight relabeling: most steps between two goal time steps (exclusive)."""
     augment: bool = False
@@ -72,8 +72,9 @@ class DataConfig:
         _check(self.T > 0, f"data.T must be > 0, got {self.T}")
         _check(0.0 <= self.p_uncond <= 1.0, f"data.p_uncond must be in [0, 1], got {self.p_uncond}")
         _check(
-            0 < self.min_btwn_goals < self.max_btwn_goals,
-            f"data.min_btwn_goals ({self.min_btwn_goals}) must be > 0 and < data.max_btwn_goals ({self.max_btwn_goals})",
+            15 <= self.min_btwn_goals < self.max_btwn_goals,
+            f"data.min_btwn_goals ({self.min_btwn_goals}) must be >= 15 (the first 15 frames of an episode "
+            f"have no goal embedding) and < data.max_btwn_goals ({self.max_btwn_goals})",
         )
         _check(
             not self.weights or len(self.weights) == len(self.stores),
