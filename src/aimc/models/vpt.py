@@ -130,13 +130,17 @@ class ImpalaDownStack(nn.Module):
             ImpalaResidualBlock(chans, init_scale / math.sqrt(n_blocks), norm, groups) for _ in range(n_blocks)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def down(self, x: torch.Tensor) -> torch.Tensor:
         x = self.firstconv(x)  # (N, C, h, w)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (N, C, ceil(h/2), ceil(w/2))
-        if self.n is not None:
-            x = self.n(x)
+        return self.n(x) if self.n is not None else x
+
+    def forward(self, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+        # With checkpointing each piece is recomputed on its own in backward, so only one
+        # piece's activations (not the whole CNN's) are alive at a time.
+        x = checkpoint(self.down, x, use_reentrant=False) if checkpointing else self.down(x)
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
         return x
 
 
@@ -167,7 +171,7 @@ class ImpalaCNN(nn.Module):
         if channels_last:  # conv weights too (loading weights keeps this layout)
             self.stacks.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
         # x: (N, H, W, C) float
         # A permuted view, as the original: its strides are channels_last, so PyTorch already
         # runs the convs in channels_last (the reference outputs depend on it at ~1e-4).
@@ -175,7 +179,7 @@ class ImpalaCNN(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for stack in self.stacks:
-            x = stack(x)  # 128 -> 64 -> 32 -> 16
+            x = stack(x, checkpointing)  # 128 -> 64 -> 32 -> 16
         x = x.flatten(1)  # (N, C*h*w) in (C, h, w) order whatever the memory format
         return self.dense(x)  # (N, 256)
 
@@ -206,10 +210,7 @@ class ImageEncoder(nn.Module):
         b, t = img.shape[:2]
         # The original divides by 255.0 (not multiply by 1/255): bit-exact inputs.
         x = img.reshape(b * t, *img.shape[2:]).to(torch.float32) / 255.0  # (B*T, H, W, C)
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            x = checkpoint(self.cnn, x, use_reentrant=False)
-        else:
-            x = self.cnn(x)  # (B*T, 256)
+        x = self.cnn(x, self.checkpointing and self.training and torch.is_grad_enabled())  # (B*T, 256)
         return self.linear(x).reshape(b, t, -1)  # (B, T, D)
 
 
