@@ -145,6 +145,7 @@ def decode_video_chunk(path: Path, start: int, stop: int, out: np.ndarray) -> in
     Decoding stops right after frame ``stop - 1``; returns the number of frames written.
     """
     import av
+    import cv2
 
     i = 0
     n = stop - start
@@ -154,24 +155,19 @@ def decode_video_chunk(path: Path, start: int, stop: int, out: np.ndarray) -> in
             stream.thread_type = "NONE"  # one decoder thread per loader worker scales best
             for frame in container.decode(stream):
                 if i >= start:
-                    arr = frame.to_ndarray()
-                    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:  # planar yuv444p
-                        arr = _yuv444_to_rgb(arr)
-                    elif frame.format.name not in ("gbrp", "rgb24"):
-                        arr = frame.to_ndarray(format="rgb24")
-                    out[i - start] = arr
+                    if frame.format.name == "gbrp":
+                        # planes are G, B, R; cv2.merge interleaves them ~1.7x faster than to_ndarray()
+                        h, w = frame.height, frame.width
+                        g, b, r = (np.frombuffer(p, np.uint8).reshape(h, -1)[:, :w] for p in frame.planes)
+                        cv2.merge([r, g, b], dst=out[i - start])
+                    else:
+                        out[i - start] = frame.to_ndarray(format="rgb24")
                 i += 1
                 if i >= stop:
                     break
     except av.error.FFmpegError as e:  # type: ignore[attr-defined]
         raise StoreError(f"{path}: cannot decode video chunk ({e}); run `aimc data check` on the store") from e
     return max(0, min(i, stop) - start)
-
-
-def _yuv444_to_rgb(planes: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.cvtColor(np.ascontiguousarray(planes.transpose(1, 2, 0)), cv2.COLOR_YUV2RGB)
 
 
 # --------------------------------------------------------------------------- episode
