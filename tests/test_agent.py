@@ -77,15 +77,20 @@ def test_video_goal(agent):
 
 
 def test_guided_act_is_one_batched_forward(agent):
+    """Guidance = one pass: the CNN on B frames once, the trunk on the 2B [cond ; uncond] rows once."""
+    net = agent.policy.net
     calls = []
-    policy = agent.policy
-    orig = policy.forward
+    orig_cnn, orig_rec = net.img_process.forward, net.recurrent_layer.forward
 
-    def counting(img, goal, first, state):
-        calls.append(img.shape[0])
-        return orig(img, goal, first, state)
+    def cnn(img):
+        calls.append(("cnn", img.shape[0]))
+        return orig_cnn(img)
 
-    policy.forward = counting
+    def rec(x, first, state):
+        calls.append(("trunk", x.shape[0]))
+        return orig_rec(x, first, state)
+
+    net.img_process.forward, net.recurrent_layer.forward = cnn, rec
     try:
         agent.reset(3)
         frames = np.random.default_rng(1).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)  # resized to 64
@@ -93,8 +98,8 @@ def test_guided_act_is_one_batched_forward(agent):
         acts = agent.act(frames, goals, np.ones(3, bool))
         acts2 = agent.act(frames, goals, np.zeros(3, bool))
     finally:
-        policy.forward = orig
-    assert calls == [6, 6]  # cond + uncond rows of 3 envs, one forward per step
+        del net.img_process.forward, net.recurrent_layer.forward
+    assert calls == [("cnn", 3), ("trunk", 6)] * 2
     for a in (acts, acts2):
         assert set(a) == {"action"} and a["action"].shape == (3,) and a["action"].dtype == np.int64
         assert ((0 <= a["action"]) & (a["action"] < 17)).all()
@@ -104,6 +109,25 @@ def test_guided_act_is_one_batched_forward(agent):
         assert agent.state[0][0].shape[0] == 2  # unguided: one row per env
     finally:
         agent.cond_scale = 6.0
+
+
+def test_guided_act_matches_policy_act(agent):
+    from aimc.agent.agent import guided_act
+
+    policy = agent.policy
+    rng = np.random.default_rng(3)
+    s1, s2 = policy.initial_state(4), policy.initial_state(4)
+    for t in range(4):
+        img = torch.from_numpy(rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+        goal = torch.from_numpy(rng.standard_normal((2, TINY_EMBED)).astype(np.float32))
+        first = torch.tensor([t == 0, t == 2])
+        a1, s1, info = policy.act(img, goal, first, s1, cond_scale=4.0, stochastic=False)
+        a2, s2, scores = guided_act(policy, img, goal, first, s2, 4.0, stochastic=False)
+        torch.testing.assert_close(scores["action"], info["logits"]["action"], rtol=1e-5, atol=1e-5)
+        assert torch.equal(a1["action"], a2["action"])
+    for l1, l2 in zip(s1, s2):
+        for x, y in zip(l1, l2):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_first_resets_memory_per_slot(agent):

@@ -34,6 +34,100 @@ from aimc.errors import UserError
 GOAL_CLIP_FRAMES = 16
 
 
+@torch.no_grad()
+def guided_act(
+    policy: Any,
+    img: torch.Tensor,
+    goal: torch.Tensor,
+    first: torch.Tensor,
+    state: Any,
+    cond_scale: float,
+    stochastic: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], Any, dict[str, torch.Tensor]]:
+    """``STEVE1Policy.act`` with guidance, computing the image features once for both row sets.
+
+    img (B, H, W, 3) uint8, goal (B, E), first (B,), state with 2B rows [cond ; uncond] ->
+    (actions {head: (B,)}, new state, guided scores {head: (B, n)}). The conditional and the
+    unconditional rows see the same frame, so the IMPALA CNN (most of the compute) runs on B
+    frames and its features are duplicated; the goal is added after it. Same result as
+    ``policy.act(..., cond_scale=s)`` (checked in tests/test_agent.py).
+    """
+    net = policy.net
+    b = img.shape[0]
+    feats = net.img_process(img[:, None])  # (B, 1, D), once for both row sets
+    x = torch.cat([feats, feats])  # (2B, 1, D)
+    goals = torch.cat([goal, torch.zeros_like(goal)])[:, None]  # (2B, 1, E): [goal ; no goal]
+    x = x + net.mineclip_embed_linear(goals.to(x.dtype))
+    if net.pre_lstm_ln is not None:
+        x = net.pre_lstm_ln(x)
+    x, state = net.recurrent_layer(x, torch.cat([first, first]).bool()[:, None], state)
+    latent = net.final_ln(net.lastlayer(torch.relu(x)))  # (2B, 1, D)
+    s = float(cond_scale)
+    scores = {}
+    for k, head in policy.pi_head.items():
+        lp = head(latent)[:, 0]  # (2B, n) normalised log-probs
+        scores[k] = (1 + s) * lp[:b] - s * lp[b:]
+        if policy.cfg.renormalize_guided_logits:
+            scores[k] = torch.log_softmax(scores[k], dim=-1)
+    actions = policy.sample(scores, generator) if stochastic else policy.argmax(scores)
+    return actions, state, scores
+
+
+class GraphedGuidedAct:
+    """:func:`guided_act` for a fixed batch captured in a CUDA graph (GPU only).
+
+    Inputs are copied into static buffers, the recurrent state is updated in place inside the
+    graph, and one ``replay`` runs the whole step with no host synchronisation; only the
+    actions come back. ``amp_dtype`` (e.g. bfloat16) runs it under autocast. Sampling uses the
+    default CUDA generator (seed it with ``torch.cuda.manual_seed``).
+    """
+
+    def __init__(self, policy: Any, batch_size: int, cond_scale: float, stochastic: bool = True,
+                 amp_dtype: torch.dtype | None = None) -> None:
+        device = next(policy.parameters()).device
+        h, w = (int(v) for v in policy.cfg.img_shape[:2])
+        self.policy, self.cond_scale, self.stochastic, self.amp_dtype = policy, cond_scale, stochastic, amp_dtype
+        self.img = torch.zeros(batch_size, h, w, 3, dtype=torch.uint8, device=device)
+        self.goal = torch.zeros(batch_size, policy.cfg.mineclip_embed_dim, device=device)
+        self.first = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self.state = policy.initial_state(2 * batch_size, device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up (cuBLAS handles, autocast) outside the capture
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.actions = self._step()
+        self.reset_state()
+
+    def _step(self) -> dict[str, torch.Tensor]:
+        ctx = (torch.autocast("cuda", dtype=self.amp_dtype, cache_enabled=False)
+               if self.amp_dtype is not None else nullcontext())
+        with ctx:
+            actions, new_state, _ = guided_act(self.policy, self.img, self.goal, self.first, self.state,
+                                               self.cond_scale, self.stochastic)
+        for old, new in zip(self.state, new_state):
+            for o, n in zip(old, new):
+                o.copy_(n)
+        return actions
+
+    def reset_state(self) -> None:
+        fresh = self.policy.initial_state(self.img.shape[0] * 2, self.img.device)
+        for old, new in zip(self.state, fresh):
+            for o, n in zip(old, new):
+                o.copy_(n)
+
+    def __call__(self, img: torch.Tensor, goal: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.img.copy_(img, non_blocking=True)
+        self.goal.copy_(goal, non_blocking=True)
+        self.first.copy_(first, non_blocking=True)
+        self.graph.replay()
+        return self.actions
+
+
 class Agent:
     """Policy + goal sources + guided batched acting (implements ``aimc.eval.runner.EvalAgent``).
 
@@ -46,6 +140,7 @@ class Agent:
     deterministic_prior: use the prior's mean latent instead of sampling one per episode.
     device: where the networks run. amp_dtype: e.g. torch.bfloat16 for autocast on GPU.
     seed: seeds action sampling.
+    cuda_graph: on a GPU, capture each guided step in a CUDA graph (:class:`GraphedGuidedAct`).
     """
 
     def __init__(
@@ -60,6 +155,7 @@ class Agent:
         amp_dtype: torch.dtype | None = None,
         seed: int = 0,
         name: str = "",
+        cuda_graph: bool = False,
     ) -> None:
         self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         self.policy = policy.to(self.device).eval()
@@ -75,6 +171,10 @@ class Agent:
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.state: Any = None
         self.batch_size = 0
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self._graph: GraphedGuidedAct | None = None
+        if self.cuda_graph:
+            torch.cuda.manual_seed(int(seed))
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ construction
@@ -178,6 +278,13 @@ class Agent:
     def reset(self, batch_size: int) -> None:
         """Fresh recurrent state for ``batch_size`` environments (2 rows each when guided)."""
         self.batch_size = batch_size
+        if self.cuda_graph and self.guided:
+            if self._graph is None or self._graph.img.shape[0] != batch_size:
+                self._graph = GraphedGuidedAct(self.policy, batch_size, self.cond_scale, self.stochastic, self.amp_dtype)
+            else:
+                self._graph.reset_state()
+            self.state = self._graph.state
+            return
         rows = 2 * batch_size if self.guided else batch_size
         self.state = self.policy.initial_state(rows, self.device)
 
@@ -204,11 +311,16 @@ class Agent:
         img = self._prepare(frames)
         goal = torch.as_tensor(np.asarray(goals, np.float32), device=self.device) if self.embed_dim > 0 else None
         first_t = torch.as_tensor(np.asarray(first, bool), device=self.device)
-        with self._autocast():
-            actions, self.state, _info = self.policy.act(
-                img, goal, first_t, self.state, cond_scale=self.cond_scale if self.guided else 0.0,
-                stochastic=self.stochastic, generator=self.generator,
-            )
+        if self._graph is not None:
+            actions = self._graph(img, goal, first_t)
+        elif self.guided:
+            with self._autocast():
+                actions, self.state, _ = guided_act(self.policy, img, goal, first_t, self.state, self.cond_scale,
+                                                    self.stochastic, self.generator)
+        else:
+            with self._autocast():
+                actions, self.state, _info = self.policy.act(img, goal, first_t, self.state, cond_scale=0.0,
+                                                             stochastic=self.stochastic, generator=self.generator)
         return {k: v.cpu().numpy().astype(np.int64) for k, v in actions.items()}
 
 
