@@ -21,7 +21,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -532,8 +532,13 @@ class ValueHead(nn.Module):
 
 # Keys of official net args that the original accepts but that do not change this network
 # (at the values given). Any other unknown key is reported.
-_INERT_NET_ARGS = {"input_shape": None, "active_reward_monitors": None, "single_output": None}
-_FIXED_NET_ARGS = {"scale_input_img": True, "img_statistics": None, "first_conv_norm": False}
+_INERT_NET_ARGS = frozenset({"input_shape", "active_reward_monitors", "obs_processing_width"})
+_FIXED_NET_ARGS = {
+    "scale_input_img": True,
+    "img_statistics": None,
+    "first_conv_norm": False,
+    "single_output": False,
+}
 
 
 def _minecraft_heads() -> dict[str, int]:
