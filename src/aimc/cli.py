@@ -46,7 +46,13 @@ class CommandLine:
 
     def group(self, path: str, help: str) -> argparse.ArgumentParser:
         """Declare a command group (e.g. ``"data"``) with its help text."""
-        return self._get(tuple(path.split()), help)
+        parts = tuple(path.split())
+        if parts in self._parsers:  # created earlier by another module's sub-command: set its help now
+            self._parsers[parts].description = help
+            for choice in getattr(self._subparsers.get(parts[:-1]), "_choices_actions", []):
+                if choice.dest == parts[-1]:
+                    choice.help = help
+        return self._get(parts, help)
 
     def _get(self, parts: tuple[str, ...], help: str | None = None) -> argparse.ArgumentParser:
         if parts in self._parsers:
