@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-batch-size", type=int, default=32, help="windows per encode_video call of the naive path (STEVE-1: 4 or 32)")
     ap.add_argument("--repeats", type=int, default=1, help="timed repetitions of each path (best is reported)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on CUDA (affects fp32 runs)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 16:
         print("error: --frames must be >= 16 (one window)", file=sys.stderr)
         return 2
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     cfg = MineCLIPConfig.official() if args.config == "official" else tiny_config()
     with torch.device(device):
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "dtype": args.dtype,
+        "tf32": args.tf32,
         "torch": torch.__version__,
         "frames": args.frames,
         "fast_fps": round(fast_fps, 1),

@@ -118,6 +118,9 @@ def test_train_prior_improves_and_keeps_best(tmp_path):
     assert best.is_file() and best.with_suffix(".safetensors").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file() and any((tmp_path / "run" / "tb").iterdir())
     assert load_prior(best).cfg == CFG and load_prior(tmp_path / "run" / "checkpoints" / "prior_last.pt").cfg == CFG
+    final = load_prior(tmp_path / "run" / "prior.safetensors")
+    for a, b in zip(final.state_dict().values(), load_prior(best).state_dict().values()):
+        assert torch.equal(a, b)
     with pytest.raises(UserError, match="input_dim"):
         train_prior((text[:, :4], visual[:, :4]), cfg, tmp_path / "bad", progress=False)
 

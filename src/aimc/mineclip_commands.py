@@ -13,9 +13,7 @@ from pathlib import Path
 
 def register(cli) -> None:
     """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
-    group = cli.group("mineclip", help="MineCLIP: embed text and gameplay, inspect checkpoints")
-    if group.description is None:  # the group may have been created by another module first
-        group.description = "MineCLIP: embed text and gameplay, inspect checkpoints"
+    cli.group("mineclip", help="MineCLIP: embed text and gameplay, inspect checkpoints")
     cli.group("prior", help="the STEVE-1 prior (text embedding -> visual goal embedding)")
 
     p = cli.command("mineclip embed-text", help="embed prompts with MineCLIP (optionally through the prior)", run=_embed_text)

@@ -16,7 +16,8 @@ Data file (``aimc prior train --data``):
 
 Run directory: ``config.yaml``, ``metrics.jsonl`` (one JSON line per epoch), ``tb/``
 (TensorBoard), ``checkpoints/prior_best.pt`` (official steve1_prior.pt format) +
-``prior_best.safetensors``, ``checkpoints/prior_last.pt``.
+``prior_best.safetensors``, ``checkpoints/prior_last.pt``, and ``prior.safetensors`` (a copy of
+the best, written at the end).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from aimc.checkpoints.safe_load import load_plain_pickle
 from aimc.config import save_config
 from aimc.errors import UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_bytes, atomic_write_text
 
 
 @dataclass
@@ -249,6 +250,8 @@ def train_prior(
                 writer.add_scalar(f"train_epoch/{k}", v, epoch + 1)
     save_prior(model, ckpt_dir / "prior_last.pt")
     writer.close()
+    # the run's product beside its config, where `aimc run` looks for a prior (<run>/prior.safetensors)
+    atomic_write_bytes(run_dir / "prior.safetensors", best_path.with_suffix(".safetensors").read_bytes())
     return best_path
 
 
