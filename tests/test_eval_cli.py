@@ -41,3 +41,15 @@ def test_eval_cli_errors(tmp_path, capsys):
     assert main(["eval", "--baseline", "random", "--out", str(tmp_path / "x"), "--suite", "no-such-suite"]) == 2
     assert "shipped suite" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+
+
+def test_eval_expert_baseline_follows_instructions(tmp_path):
+    """The scripted demonstrator as the ceiling: told to place a table, it does, on held-out worlds."""
+    assert main(["eval", "--baseline", "expert", "--suite", "crafter-core", "--tasks", "place_table,collect_sapling",
+                 "--episodes", "2", "--max-steps", "60", "--num-envs", "2", "--out", str(tmp_path / "expert"),
+                 "--quiet"]) == 0
+    summary = json.loads((tmp_path / "expert" / "summary.json").read_text())
+    cells = summary["matrix_cells"]["cells"]
+    assert cells["place_table"]["place_table"]["successes"] == 2
+    assert cells["collect_sapling"]["collect_sapling"]["successes"] == 2
+    assert cells["place_table"]["collect_sapling"]["successes"] == 0  # told to find saplings, it builds no table

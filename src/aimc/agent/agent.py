@@ -351,6 +351,41 @@ class RandomAgent:
         return {k: self.rng.integers(0, n, size=len(frames)) for k, n in self.heads.items()}
 
 
+class ExpertAgent:
+    """Tells the scripted demonstrator (env ``crafter-expert``) which goal an instruction names.
+
+    ``instructions`` maps each instruction text to a demonstrator goal (a Crafter achievement
+    such as ``place_table``); the action is that goal's index + 1, or 0 without instruction.
+    """
+
+    def __init__(self, instructions: dict[str, str], goals: Sequence[str]) -> None:
+        unknown = sorted({g for g in instructions.values() if g not in goals})
+        if unknown:
+            raise UserError(f"the scripted expert cannot pursue {unknown}; it knows {', '.join(goals)}")
+        self.index = {text: list(goals).index(g) + 1 for text, g in instructions.items()}
+        self.n = len(goals) + 1
+        self.cond_scale = 0.0
+
+    def describe(self) -> dict:
+        return {"weights": "scripted-expert"}
+
+    def reset(self, batch_size: int) -> None:
+        pass
+
+    def zero_goal(self) -> np.ndarray:
+        g = np.zeros(self.n, np.float32)
+        g[0] = 1
+        return g
+
+    def goal(self, instruction: str | None, seed: int) -> np.ndarray:
+        g = np.zeros(self.n, np.float32)
+        g[self.index.get(instruction, 0) if instruction else 0] = 1
+        return g
+
+    def act(self, frames: np.ndarray, goals: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray]:
+        return {"goal": np.asarray(goals).argmax(1).astype(np.int64)}
+
+
 class PromptSchedule:
     """Prompts that take turns: ``prompts[(step // switch_every) % len(prompts)]``."""
 

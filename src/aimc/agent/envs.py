@@ -91,7 +91,7 @@ class CrafterEvalEnv:
         from aimc.envs.crafter import CrafterEnv, CrafterEnvConfig
 
         self.env = CrafterEnv(CrafterEnvConfig(size=size, max_steps=max_steps, **kwargs))
-        assert self.env.action_space.n == self.action_heads["action"]
+        assert self.env.action_space.n == CrafterEvalEnv.action_heads["action"]
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
         obs, info = self.env.reset(seed=int(seed))
@@ -105,6 +105,45 @@ class CrafterEvalEnv:
         close = getattr(self.env, "close", None)
         if close is not None:
             close()
+
+
+class CrafterExpertEnv(CrafterEvalEnv):
+    """The built-in world played by the scripted demonstrator: the ceiling for evaluations.
+
+    The policy's only head ``goal`` picks what the demonstrator pursues: 0 = no instruction
+    (it plays as in the recorded demonstrations, switching goals by itself), k = its goal
+    ``GOALS[k - 1]``. Used by ``aimc eval --baseline expert``. ``noise`` is its random-action
+    rate (0 here: the best it can do).
+    """
+
+    action_heads = {"goal": 11}  # no instruction + the demonstrator's 10 goals
+
+    def __init__(self, size: int = 64, max_steps: int = 10_000, noise: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(size=size, max_steps=max_steps, **kwargs)
+        from aimc.envs.demonstrator import GOALS, DemonstratorConfig
+
+        self.goals = GOALS
+        assert len(GOALS) + 1 == self.action_heads["goal"]
+        self.demo_config = DemonstratorConfig(noise=noise)
+        self.demo = None
+        self.info: dict = {}
+
+    def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
+        from aimc.envs.demonstrator import Demonstrator
+
+        obs, self.info = self.env.reset(seed=int(seed))
+        self.demo = Demonstrator(self.env, self.demo_config, seed=int(seed))
+        self.demo.reset(None)
+        return np.asarray(obs, dtype=np.uint8), crafter_measures(self.info)
+
+    def step(self, action: dict[str, int]) -> tuple[np.ndarray, dict[str, float], bool]:
+        k = int(action["goal"])
+        goal = self.goals[k - 1] if k > 0 else None
+        if goal != self.demo.fixed_goal:
+            self.demo.reset(goal)
+        obs, _r, terminated, truncated, self.info = self.env.step(self.demo.act(self.info))
+        self.demo.observe(self.info)
+        return np.asarray(obs, dtype=np.uint8), crafter_measures(self.info), bool(terminated or truncated)
 
 
 # ---------------------------------------------------------------------------- MineRL
@@ -210,6 +249,7 @@ class MineRLEvalEnv:
 
 ENVS: dict[str, Callable[..., EvalEnv]] = {
     "crafter": CrafterEvalEnv,
+    "crafter-expert": CrafterExpertEnv,
     "minerl": MineRLEvalEnv,
 }
 

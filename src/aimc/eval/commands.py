@@ -26,7 +26,17 @@ def _eval(args: argparse.Namespace) -> int:
 
         suite = replace(suite, max_steps=args.max_steps,
                         tasks=tuple(replace(t, max_steps=min(t.max_steps, args.max_steps)) for t in suite.tasks))
-    if args.baseline == "random":
+    if args.baseline == "expert":
+        from dataclasses import replace
+
+        from aimc.agent.agent import ExpertAgent
+        from aimc.envs.demonstrator import GOALS
+
+        if suite.env.get("name") != "crafter":
+            raise UserError("--baseline expert plays the built-in world's scripted demonstrator (crafter suites only)")
+        suite = replace(suite, env={**suite.env, "name": "crafter-expert"})
+        agent = ExpertAgent({i.text: t.id for t in suite.tasks for i in t.instructions}, GOALS)
+    elif args.baseline == "random":
         from aimc.agent.agent import RandomAgent
         from aimc.agent.envs import action_heads
 
@@ -72,7 +82,8 @@ def register(cli) -> None:
     p.add_argument("--num-envs", type=int, default=8, help="episodes played at once (the policy's batch; default 8)")
     p.add_argument("--workers", type=int, default=0, help="env processes (0 = in this process)")
     p.add_argument("--videos", type=int, default=0, help="record the first N episodes of every condition")
-    p.add_argument("--baseline", choices=["random"], default=None, help="evaluate uniformly random play instead of a model")
+    p.add_argument("--baseline", choices=["random", "expert"], default=None,
+                   help="evaluate uniformly random play, or the built-in world's scripted demonstrator (the ceiling)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = cli.command("compare", help="compare evaluations (e.g. before/after fine-tuning) in an HTML + markdown report",
