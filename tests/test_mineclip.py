@@ -207,3 +207,29 @@ def test_config_validation_and_original_names():
     keys = set(m.state_dict())
     assert {"reward_head.video_adapter.6.weight", "reward_head.text_adapter.0.weight",
             "reward_head.text_residual_weight"} <= keys
+
+
+def test_cli_embed_text_and_inspect(tmp_path, model, capsys):
+    from aimc.checkpoints.prior import save_prior
+    from aimc.cli import main
+    from aimc.models.prior import PriorConfig, PriorCVAE
+
+    save_mineclip(model, tmp_path / "m.safetensors")
+    prior = PriorCVAE(PriorConfig(input_dim=model.cfg.embed_dim, hidden_dim=8, latent_dim=4))
+    save_prior(prior, tmp_path / "prior.pt")
+    assert main(["mineclip", "embed-text", "--weights", str(tmp_path / "m.safetensors"), "dig", "swim",
+                 "--out", str(tmp_path / "t.npy")]) == 0
+    with torch.no_grad():
+        expected = model.encode_text(["dig", "swim"]).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), expected, rtol=1e-6, atol=1e-6)
+    assert main(["mineclip", "embed-text", "--weights", str(tmp_path / "m.safetensors"), "--prior",
+                 str(tmp_path / "prior.pt"), "--deterministic", "dig", "--out", str(tmp_path / "g.npy")]) == 0
+    with torch.no_grad():
+        goal = prior.eval()(torch.from_numpy(expected[:1]), deterministic=True).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), goal, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    save_mineclip(model, tmp_path / "attn.pth")
+    assert main(["mineclip", "inspect", str(tmp_path / "attn.pth")]) == 0
+    info = __import__("json").loads(capsys.readouterr().out)
+    assert info["format"] == "MineCLIP attn.pth" and info["keys"] == len(model.state_dict())
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
