@@ -550,8 +550,11 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 def _resolve(model: nn.Module, device: str | torch.device | None, amp_dtype: torch.dtype | str | None):
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(amp_dtype, str):
-        amp_dtype = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                     "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[amp_dtype]
+        names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        if amp_dtype not in names:
+            raise ValueError(f"amp_dtype {amp_dtype!r} is not one of {sorted(names)}")
+        amp_dtype = names[amp_dtype]
     if amp_dtype is None and device.type == "cuda":
         amp_dtype = torch.float16  # the original embedded under torch.cuda.amp.autocast() (fp16)
     return device, amp_dtype
