@@ -1,7 +1,468 @@
-"""Command-line commands of this package (registered by aimc.cli)."""
+"""``aimc quickstart``: the whole STEVE-1 recipe on the built-in world, in one command.
+
+    aimc quickstart                    # ~20 minutes on 2 CPU cores
+    aimc quickstart --fast             # a minute or two: every stage, tiny sizes (the tests' path)
+    aimc quickstart --minutes 60       # more time for data and training, better agent
+
+Stages, each writing under one run directory (default ``runs/quickstart``)::
+
+    store/            1. demonstrations: scripted Crafter play with captions (aimc data generate)
+    mineclip/         2. a small MineCLIP trained contrastively on (clip, caption) pairs
+                      3. goal embeddings of every frame (aimc data embed) + train/val split
+    policy/           4. goal-conditioned behavioural cloning with hindsight goals (aimc train)
+    prior/            5. the prior: caption text embedding -> visual goal embedding
+    eval/             6. instruction-following evaluation on held-out worlds (aimc eval)
+    summary.md        the table printed at the end
+
+The time budget (``--minutes``) is split between the stages; the policy gets what the
+others leave. A stage whose output already exists is not redone, so an interrupted
+quickstart continues where it stopped.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from aimc.errors import UserError
+
+STAGES = ("generate", "embedder", "embed", "policy", "prior", "eval")
+
+
+@dataclass
+class QuickstartPlan:
+    """Sizes of every stage (derived from ``--minutes`` and ``--fast``).
+
+    minutes: total time budget. episodes / max_steps: demonstrations to record.
+    embedder_seconds / embedder_steps: contrastive training budget (whichever ends first).
+    policy_preset: TrainConfig preset of the policy. policy_frames: 0 = fill the time left.
+    prior_epochs: prior training epochs. eval_episodes / eval_max_steps / eval_tasks /
+    eval_videos: the small evaluation (empty tasks = all of crafter-core).
+    cond_scale: classifier-free guidance scale used in the evaluation.
+    """
+
+    minutes: float = 20.0
+    episodes: int = 200
+    max_steps: int = 400
+    workers: int = 2
+    embedder_seconds: float = 150.0
+    embedder_steps: int = 5000
+    policy_preset: str = "crafter"
+    policy_frames: int = 0
+    prior_epochs: int = 60
+    eval_episodes: int = 2
+    eval_max_steps: int = 300
+    eval_tasks: tuple[str, ...] = ()
+    eval_videos: int = 1
+    cond_scale: float = 0.5
+    seed: int = 0
+
+
+def make_plan(minutes: float, fast: bool, workers: int = 2, seed: int = 0) -> QuickstartPlan:
+    if minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {minutes}")
+    if fast:
+        return QuickstartPlan(minutes=minutes, episodes=4, max_steps=120, workers=min(workers, 2), embedder_seconds=15,
+                              embedder_steps=20, policy_preset="crafter_fast", policy_frames=640, prior_epochs=5,
+                              eval_episodes=1, eval_max_steps=20, eval_tasks=("collect_wood", "place_table"),
+                              eval_videos=1, seed=seed)
+    scale = minutes / 20.0
+    return QuickstartPlan(minutes=minutes, episodes=max(20, int(200 * scale)), workers=workers,
+                          embedder_seconds=150 * scale, embedder_steps=int(5000 * scale), seed=seed)
+
+
+class _Display:
+    """One rich display: a line per stage with its state and time, and the current stage's bar."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.fields[mark]} {task.description:<10}"), BarColumn(),
+                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), disable=not enabled)
+        self.tasks = {s: self.progress.add_task(s, total=1.0, mark="·", note="", start=False) for s in STAGES}
+
+    def __enter__(self) -> _Display:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def start(self, stage: str, note: str = "") -> None:
+        self.progress.start_task(self.tasks[stage])
+        self.progress.update(self.tasks[stage], mark="▶", note=note)
+
+    def update(self, stage: str, fraction: float, note: str | None = None) -> None:
+        kw = {"note": note} if note is not None else {}
+        self.progress.update(self.tasks[stage], completed=min(max(fraction, 0.0), 1.0), **kw)
+
+    def done(self, stage: str, note: str) -> None:
+        self.progress.update(self.tasks[stage], completed=1.0, mark="✓", note=note)
+        self.progress.stop_task(self.tasks[stage])
+
+
+def _ticker(display: _Display, stage: str, seconds: float, stop: threading.Event, note: str) -> threading.Thread:
+    """Advance a stage's bar with the clock (for library calls that report no progress)."""
+
+    def run() -> None:
+        t0 = time.time()
+        while not stop.wait(1.0):
+            display.update(stage, (time.time() - t0) / max(seconds, 1e-6), note)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def stage_generate(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
+    from aimc.envs.record import generate_crafter_store
+
+    total = [0, 0]
+
+    def done(_eid: str, n: int) -> None:
+        total[0] += 1
+        total[1] += n
+        display.update("generate", total[0] / plan.episodes, f"{total[0]}/{plan.episodes} episodes, {total[1]:,} frames")
+
+    s = generate_crafter_store(run / "store", plan.episodes, plan.max_steps, plan.workers, plan.seed, 64, None, None, done)
+    return {"episodes": plan.episodes, "frames": s["frames"], "seconds": s["seconds"]}
+
+
+def stage_embedder(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
+    from aimc.train.mineclip import ClipCaptionPairs, MineCLIPTrainConfig, text_retrieval_accuracy, train_mineclip
+
+    cfg = MineCLIPTrainConfig(store=str(run / "store"), steps=plan.embedder_steps, time_limit_s=plan.embedder_seconds,
+                              seed=plan.seed, max_episodes=300)
+    pairs = ClipCaptionPairs(cfg.store, None, cfg.max_episodes)
+    t0 = time.time()
+    last = [float("nan")]
+
+    def on_step(step: int, loss: float) -> None:
+        last[0] = loss
+        frac = max((step + 1) / cfg.steps, (time.time() - t0) / max(cfg.time_limit_s, 1e-6))
+        display.update("embedder", frac, f"step {step + 1}, loss {loss:.3f}")
+
+    path = train_mineclip(cfg, run / "mineclip", pairs, on_step=on_step)
+    from aimc.checkpoints.mineclip import load_mineclip
+
+    acc = text_retrieval_accuracy(load_mineclip(path), pairs, n=128)
+    return {"path": str(path), "loss": last[0], "caption_retrieval": acc, "pairs": len(pairs), "seconds": time.time() - t0}
+
+
+def stage_embed(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
+    import torch
+
+    from aimc.checkpoints.mineclip import load_mineclip
+    from aimc.data.embed import embed_store
+    from aimc.data.split import make_split
+    from aimc.data.store import EpisodeStore
+
+    store = EpisodeStore(run / "store")
+    model = load_mineclip(run / "mineclip" / "mineclip.safetensors")
+    t0 = time.time()
+    stop = threading.Event()
+    n_frames = store.total_frames()
+    _ticker(display, "embed", n_frames / 1500.0, stop, f"{n_frames:,} frames")
+    try:
+        with torch.no_grad():
+            s = embed_store(store, model, batch_size=256, device="cpu", info={"model": "quickstart mineclip"}, progress=False)
+    finally:
+        stop.set()
+    split = make_split(store, val_fraction=0.1, seed=plan.seed, command="aimc quickstart")
+    return {"frames": s["frames"], "seconds": time.time() - t0, "split": {k: len(v) if isinstance(v, list) else v for k, v in split.items() if k in ("train", "val")}}
+
+
+def _policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int | None):
+    from aimc.config import load_config
+    from aimc.train.config import TrainConfig
+
+    over = [f"data.stores=[{run / 'store'}]", f"model.goal_dim={goal_dim}", "logging.progress=false", f"runtime.seed={plan.seed}"]
+    if frames:
+        over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 30)}"]
+    return load_config(TrainConfig, plan.policy_preset, over)
+
+
+def _seconds_per_step(cfg) -> float:
+    """Time one optimizer step of the policy on synthetic data (to fit the time budget)."""
+    import torch
+
+    from aimc.train.policy import build_policy
+
+    policy = build_policy(cfg)
+    B, T = cfg.optim.batch_size, cfg.optim.trunc_t
+    h, w, _ = policy.config.img_shape
+    img = torch.randint(0, 255, (B, T, h, w, 3), dtype=torch.uint8)
+    goal = torch.randn(B, T, cfg.model.goal_dim)
+    first = torch.zeros(B, T, dtype=torch.bool)
+    acts = {k: torch.zeros(B, T, dtype=torch.long) for k in policy.config.action_heads}
+    opt = torch.optim.AdamW(policy.parameters(), 1e-4)
+    times = []
+    for _ in range(3):
+        t0 = time.time()
+        logits, _, _ = policy(img, goal, first, policy.initial_state(B))
+        loss = -policy.log_prob(logits, acts).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.time() - t0)
+    # x chunks per sequence / grad accum: frames_per_step covers B * trunc_t * grad_accum
+    return float(np.median(times[1:])) * cfg.optim.grad_accum
+
+
+def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: float, reserve_s: float) -> dict:
+    from aimc.train.policy import train_policy
+
+    goal_dim = _goal_dim(run)
+    frames = plan.policy_frames
+    if not frames:
+        cfg0 = _policy_config(run, plan, goal_dim, None)
+        per_step = _seconds_per_step(cfg0) * 1.15  # data loading and logging on top of the step
+        seconds = max(30.0, deadline - time.time() - reserve_s)
+        steps = max(20, int(seconds / per_step))
+        frames = steps * cfg0.frames_per_step()
+    cfg = _policy_config(run, plan, goal_dim, frames)
+    t0 = time.time()
+    stop = threading.Event()
+    est = frames / max(1.0, cfg.frames_per_step()) * (per_step if not plan.policy_frames else 0.2)
+    _ticker(display, "policy", est, stop, f"{frames:,} frames")
+    try:
+        final = train_policy(cfg, run / "policy")
+    finally:
+        stop.set()
+    last = {}
+    mpath = run / "policy" / "metrics.jsonl"
+    if mpath.is_file():
+        for line in mpath.read_text().splitlines():
+            rec = json.loads(line)
+            if "train/loss" in rec:
+                last["loss"] = rec["train/loss"]
+            if "val/loss" in rec:
+                last["val_loss"] = rec["val/loss"]
+    return {"weights": str(final), "frames": frames, "seconds": time.time() - t0, **last}
+
+
+def _goal_dim(run: Path) -> int:
+    from aimc.checkpoints.mineclip import load_mineclip
+
+    return int(load_mineclip(run / "mineclip" / "mineclip.safetensors").cfg.embed_dim)
+
+
+def prior_pairs(store_root: str | Path, mineclip, jitter: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(text embedding, visual goal embedding) pairs from every caption of an embedded store.
+
+    The visual side is the goal embedding of the windows ending 0..jitter frames after the
+    caption's last frame (the event and its outcome), so one caption gives several pairs.
+    """
+    import torch
+
+    from aimc.data.store import EpisodeStore
+    from aimc.models.tokenizer import ClipTokenizer
+
+    store = EpisodeStore(store_root)
+    texts: list[str] = []
+    vis: list[np.ndarray] = []
+    for eid in store.episode_ids():
+        ep = store.open(eid)
+        got = ep.embeddings()
+        if got is None:
+            continue
+        emb, valid = got
+        for a in ep.annotations():
+            for j in range(jitter + 1):
+                f = min(int(a["end"]) - 1 + j, ep.num_frames - 1)
+                if valid[f]:
+                    texts.append(str(a["text"]))
+                    vis.append(np.asarray(emb[f], np.float32))
+    if not texts:
+        raise UserError(f"{store_root}: no captioned frame with a goal embedding; embed the store first")
+    uniq = sorted(set(texts))
+    with torch.no_grad():
+        temb = mineclip.encode_text(ClipTokenizer().tokenize(uniq)).float().numpy()  # (U, D)
+    row = {t: i for i, t in enumerate(uniq)}
+    return temb[[row[t] for t in texts]], np.stack(vis)
+
+
+def stage_prior(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
+    from aimc.checkpoints.mineclip import load_mineclip
+    from aimc.models.prior import PriorConfig
+    from aimc.train.prior import PriorTrainConfig, train_prior
+
+    mineclip = load_mineclip(run / "mineclip" / "mineclip.safetensors")
+    text, visual = prior_pairs(run / "store", mineclip)
+    np.savez(run / "prior_pairs.npz", text_embeddings=text, visual_embeddings=visual)
+    d = text.shape[1]
+    cfg = PriorTrainConfig(prior=PriorConfig(input_dim=d, hidden_dim=4 * d, latent_dim=d), epochs=plan.prior_epochs,
+                           batch_size=256, lr=1e-3, val_fraction=0.1, seed=plan.seed, device="cpu", amp=False)
+    t0 = time.time()
+    stop = threading.Event()
+    _ticker(display, "prior", 30.0, stop, f"{len(text):,} pairs")
+    try:
+        best = train_prior((text, visual), cfg, run / "prior", progress=False)
+    finally:
+        stop.set()
+    st = Path(best).with_suffix(".safetensors")
+    return {"path": str(st if st.is_file() else best), "pairs": len(text), "seconds": time.time() - t0}
+
+
+def _agent(run: Path, results: dict, cond_scale: float, seed: int):
+    from aimc.agent.commands import build_agent
+
+    args = argparse.Namespace(weights=results["policy"]["weights"], model=None,
+                              mineclip=str(run / "mineclip" / "mineclip.safetensors"), prior=results["prior"]["path"],
+                              cond_scale=cond_scale, greedy=False, deterministic_prior=False, device="cpu", bf16=False, seed=seed)
+    return build_agent(args, need_text=True)
+
+
+def stage_eval(run: Path, plan: QuickstartPlan, display: _Display, results: dict) -> dict:
+    from aimc.eval.report import write_summary
+    from aimc.eval.runner import plan_jobs, run_suite
+    from aimc.eval.suite import load_suite
+
+    suite = load_suite("crafter-core")
+    if plan.eval_tasks:
+        suite = suite.select(list(plan.eval_tasks))
+    suite = replace(suite, max_steps=min(suite.max_steps, plan.eval_max_steps),
+                    tasks=tuple(replace(t, max_steps=min(t.max_steps, plan.eval_max_steps)) for t in suite.tasks))
+    agent = _agent(run, results, plan.cond_scale, plan.seed)
+    n_jobs = len(plan_jobs(suite, plan.eval_episodes))
+    t0 = time.time()
+    stop = threading.Event()
+    _ticker(display, "eval", n_jobs * suite.max_steps / 400.0, stop, f"{n_jobs} episodes")
+    try:
+        run_suite(suite, agent, run / "eval", episodes=plan.eval_episodes, num_envs=min(8, n_jobs), videos=plan.eval_videos,
+                  progress=False)
+    finally:
+        stop.set()
+    summary = write_summary(run / "eval", suite)
+    return {"dir": str(run / "eval"), "episodes": n_jobs, "seconds": time.time() - t0, "summary": summary}
+
+
+# ---------------------------------------------------------------------------- the whole run
+
+
+def _load_state(run: Path) -> dict:
+    p = run / "quickstart.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def _save_state(run: Path, state: dict) -> None:
+    from aimc.utils.io import atomic_write_text
+
+    atomic_write_text(run / "quickstart.json", json.dumps(state, indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, workers: int = 2, seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Run every stage under ``out``; returns {stage: result} (also in ``out/quickstart.json``)."""
+    import torch
+
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(minutes, fast, workers, seed)
+    state = _load_state(run)
+    if state.get("plan") and state["plan"].get("policy_preset") != plan.policy_preset:
+        raise UserError(f"{run} holds a quickstart run with other settings ({'--fast' if not fast else 'not --fast'}); "
+                        "choose another --out or delete the folder")
+    state["plan"] = asdict(plan)
+    results: dict = state.setdefault("results", {})
+    t_start = time.time()
+    deadline = t_start + minutes * 60.0
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 * workers)))
+    with _Display(progress) as display:
+        for stage in STAGES:
+            if stage in results:
+                display.done(stage, "(done before)")
+                continue
+            display.start(stage)
+            if stage == "generate":
+                results[stage] = stage_generate(run, plan, display)
+                note = f"{results[stage]['frames']:,} frames"
+            elif stage == "embedder":
+                results[stage] = stage_embedder(run, plan, display)
+                note = f"caption retrieval {results[stage]['caption_retrieval']:.2f}"
+            elif stage == "embed":
+                results[stage] = stage_embed(run, plan, display)
+                note = f"{results[stage]['frames']:,} frames embedded"
+            elif stage == "policy":
+                reserve = 45.0 + plan.eval_episodes * 9 * 25.0  # prior + evaluation
+                results[stage] = stage_policy(run, plan, display, deadline, reserve)
+                note = f"{results[stage]['frames']:,} frames, loss {results[stage].get('loss', float('nan')):.3f}"
+            elif stage == "prior":
+                results[stage] = stage_prior(run, plan, display)
+                note = f"{results[stage]['pairs']:,} pairs"
+            else:
+                results[stage] = stage_eval(run, plan, display, results)
+                note = f"{results[stage]['episodes']} episodes"
+            _save_state(run, state)
+            display.done(stage, note)
+    state["seconds"] = time.time() - t_start
+    _save_state(run, state)
+    text = summary_text(run, state)
+    from aimc.utils.io import atomic_write_text
+
+    atomic_write_text(run / "summary.md", text)
+    return state
+
+
+def summary_text(run: Path, state: dict) -> str:
+    """The closing table: what each stage made, and instruction-following per goal."""
+    r = state["results"]
+    lines = ["# aimc quickstart", "", f"Run directory: {run}", "",
+             "| stage | result | seconds |", "| --- | --- | --- |"]
+    lines.append(f"| demonstrations | {r['generate']['episodes']} episodes, {r['generate']['frames']:,} frames | {r['generate']['seconds']:.0f} |")
+    lines.append(f"| embedder | loss {r['embedder']['loss']:.3f}, caption retrieval {r['embedder']['caption_retrieval']:.2f} | {r['embedder']['seconds']:.0f} |")
+    lines.append(f"| goal embeddings | {r['embed']['frames']:,} frames | {r['embed']['seconds']:.0f} |")
+    lines.append(f"| policy | {r['policy']['frames']:,} frames, loss {r['policy'].get('loss', float('nan')):.3f} | {r['policy']['seconds']:.0f} |")
+    lines.append(f"| prior | {r['prior']['pairs']:,} caption pairs | {r['prior']['seconds']:.0f} |")
+    lines.append(f"| evaluation | {r['eval']['episodes']} episodes | {r['eval']['seconds']:.0f} |")
+    s = r["eval"]["summary"]
+    lines += ["", "Success on held-out worlds (95 % Wilson intervals):", "",
+              "| instruction | when instructed | unconditioned | lift |", "| --- | --- | --- | --- |"]
+    for tid, e in s["tasks"].items():
+        ins, unc = e.get("instructed") or {}, e.get("unconditioned") or {}
+        lift = (e.get("lift") or {}).get("diff")
+        lines.append(f"| {tid} | {_rate(ins)} | {_rate(unc)} | {'-' if lift is None or (isinstance(lift, float) and math.isnan(lift)) else f'{lift:+.2f}'} |")
+    ev = Path(r["eval"]["dir"])
+    videos = sorted(ev.glob("videos/*.mp4"))
+    lines += ["", f"Total {state.get('seconds', 0) / 60:.1f} minutes.",
+              f"Evaluation report: {ev / 'summary.md'} (full table: aimc eval, see docs/results.md)",
+              f"Videos: {ev / 'videos'} ({len(videos)} files)" if videos else "Videos: none recorded",
+              f"Policy weights: {r['policy']['weights']}",
+              f"Try it: aimc run --weights {r['policy']['weights']} --mineclip {run / 'mineclip' / 'mineclip.safetensors'} "
+              f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale 0.5 --video {run / 'place_table.mp4'}"]
+    return "\n".join(lines) + "\n"
+
+
+def _rate(entry: dict) -> str:
+    if not entry or not entry.get("n"):
+        return "-"
+    return f"{entry['successes']}/{entry['n']} = {entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
+def _run(args: argparse.Namespace) -> int:
+    state = run_quickstart(args.out, minutes=args.minutes, fast=args.fast, workers=args.workers, seed=args.seed,
+                           progress=not args.quiet)
+    print(summary_text(Path(args.out), state))
+    return 0
+
 
 def register(cli) -> None:
-    """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
+    """Add ``aimc quickstart`` to ``cli`` (an ``aimc.cli.CommandLine``)."""
+    p = cli.command("quickstart", help="the whole recipe on the built-in world: data, embedder, policy, prior, evaluation",
+                    run=_run)
+    p.add_argument("--minutes", type=float, default=20.0, help="time budget (default 20; more time = more data and training)")
+    p.add_argument("--fast", action="store_true", help="tiny sizes, every stage in a minute or two (for tests)")
+    p.add_argument("--out", default="runs/quickstart", help="run directory (an interrupted run continues)")
+    p.add_argument("--workers", type=int, default=2, help="processes for recording demonstrations")
+    p.add_argument("--seed", type=int, default=0, help="seed of world generation, sampling and initialisation")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
