@@ -176,6 +176,7 @@ class Agent:
         if self.cuda_graph:
             torch.cuda.manual_seed(int(seed))
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._tokenizer: Any = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -229,7 +230,11 @@ class Agent:
         texts = list(texts)
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
-            emb = self.mineclip.encode_text(missing).float()  # (T, D)
+            if self._tokenizer is None:
+                from aimc.models.tokenizer import ClipTokenizer
+
+                self._tokenizer = ClipTokenizer()
+            emb = self.mineclip.encode_text(self._tokenizer.tokenize(missing)).float()  # (T, D)
             for t, e in zip(missing, emb):
                 self._text_cache[t] = e
         text_emb = torch.stack([self._text_cache[t] for t in texts])  # (B, D)
