@@ -46,6 +46,8 @@ class QuickstartPlan:
     prior_epochs: prior training epochs. eval_episodes / eval_max_steps / eval_tasks /
     eval_videos: the small evaluation (empty tasks = all of crafter-core).
     cond_scale: classifier-free guidance scale used in the evaluation.
+    relabel: hindsight goal times: "events" (anchored at captioned events, rare ones kept
+        visible: aimc.envs.goals) or "steve1" (every U[min, max) steps, the data loader's).
     """
 
     minutes: float = 20.0
@@ -62,6 +64,7 @@ class QuickstartPlan:
     eval_tasks: tuple[str, ...] = ()
     eval_videos: int = 1
     cond_scale: float = 0.5
+    relabel: str = "events"
     seed: int = 0
 
 
@@ -235,8 +238,11 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
     stop = threading.Event()
     est = frames / max(1.0, cfg.frames_per_step()) * (per_step if not plan.policy_frames else 0.2)
     _ticker(display, "policy", est, stop, f"{frames:,} frames")
+    train_data = val_data = None
+    if plan.relabel == "events":
+        train_data, val_data = event_sources(run / "store", cfg)
     try:
-        final = train_policy(cfg, run / "policy")
+        final = train_policy(cfg, run / "policy", train_data=train_data, val_data=val_data)
     finally:
         stop.set()
     last = {}
@@ -249,6 +255,22 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
             if "val/loss" in rec:
                 last["val_loss"] = rec["val/loss"]
     return {"weights": str(final), "frames": frames, "seconds": time.time() - t0, **last}
+
+
+def event_sources(store_root: Path, cfg):
+    """Event-anchored training batches and a validation-batch factory for a TrainConfig."""
+    from aimc.envs.goals import EventGoalBatches, EventGoalConfig
+
+    d = cfg.data
+    ecfg = EventGoalConfig(T=d.T, batch_size=cfg.optim.batch_size, p_uncond=d.p_uncond, min_btwn_goals=d.min_btwn_goals,
+                           max_btwn_goals=d.max_btwn_goals, seed=cfg.runtime.seed)
+    train = EventGoalBatches(store_root, ecfg, split=d.split)
+    try:
+        val = EventGoalBatches(store_root, replace(ecfg, seed=ecfg.seed + 1), split=d.val_split)
+    except UserError:
+        return train, None
+    n_val = max(1, cfg.validation.max_batches or 4)
+    return train, (lambda: (val.batch(k) for k in range(n_val)))
 
 
 def _goal_dim(run: Path) -> int:
