@@ -30,8 +30,11 @@ from aimc.train.config import TrainConfig
 # Less ~3.7 GiB of weights + grads + AdamW state, that is ~49.4 MiB per frame, i.e.
 # ~395 bytes per (IMPALA width x pixel) per frame.
 BYTES_PER_WIDTH_PIXEL = 49.4 * 2**20 / (8 * 128 * 128)
-CHECKPOINTING_FACTOR = 0.65  # stack-wise recompute kept ~65-70 % of activations in calibration
-FP32_FACTOR = 1.6  # fp32 activations instead of bf16 autocast (some tensors are fp32 anyway)
+# Measured with aimc's policy on the same H100 (benchmarks/train_step.py, docs/training.md):
+# activation checkpointing keeps ~37 % of the activations (finetune_24gb: 8.3 GiB peak),
+# fp32 needs ~1.29x the bf16 activations (steve1_from_vpt eager fp32: 51.3 GiB peak).
+CHECKPOINTING_FACTOR = 0.37
+FP32_FACTOR = 1.29
 
 
 class PreflightError(UserError):
