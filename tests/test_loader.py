@@ -153,6 +153,25 @@ def test_resume_and_sharding_and_worker_independence(tmp_path):
     assert b0[0]["first"].shape == (4, 16) and b0[0]["goal"].shape == (4, 16, 3)
     for x, y in zip(b0, b2):
         assert torch.equal(x["img"], y["img"]) and torch.equal(x["goal"], y["goal"])
+    # the default collate (e.g. a plain DataLoader) gives the same batches
+    plain = [b for b in torch.utils.data.DataLoader(full, batch_size=4)]
+    for x, y in zip(b0, plain):
+        assert torch.equal(x["img"], y["img"]) and torch.equal(x["actions"]["action"], y["actions"]["action"])
+        assert torch.equal(x["goal"], y["goal"]) and torch.equal(x["first"], y["first"])
+
+
+def test_batch_is_decoded_in_place(tmp_path):
+    from aimc.data.loader import collate_sequences
+
+    store = make_store(tmp_path / "s", n_episodes=1, length=60)
+    ds = SequenceDataset([store.root], T=16, min_btwn_goals=15, max_btwn_goals=20, num_items=6)
+    items = ds.__getitems__([0, 1, 2])
+    batch = collate_sequences(items)
+    assert batch["img"].untyped_storage().data_ptr() == items[0]["img"].untyped_storage().data_ptr()  # no copy
+    for j in range(3):
+        assert torch.equal(batch["img"][j], ds[j]["img"])
+    mixed = collate_sequences([ds[0], ds[1]])  # separate tensors: stacked
+    assert torch.equal(mixed["img"], batch["img"][:2])
 
 
 def test_mixture_weights_respected(tmp_path):

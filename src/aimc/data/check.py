@@ -84,7 +84,7 @@ def store_stats(store: EpisodeStore, top_actions: int = 5) -> dict:
         sources[str(ep.meta.get("converter", "?"))] += 1
         fps[ep.fps] += 1
         for rel, rec in ep.meta.get("files", {}).items():
-            part = rel.split("/")[0].replace(".npy", "")
+            part = rel.split("/")[0].split(".")[0]
             by_part[part] += rec["bytes"]
         for h in ep.meta.get("policy_heads", [a for a in ep.meta["actions"] if not a.startswith("env_")]):
             heads[h] += 1

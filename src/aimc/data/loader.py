@@ -229,13 +229,34 @@ class SequenceDataset(Dataset):
         return src, pos, start, rng
 
     def __getitem__(self, i: int) -> dict:
+        return self._item(i, None)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """Items decoded straight into one (B, T, H, W, 3) buffer, in shared memory inside a
+        worker: :func:`collate_sequences` then hands that buffer on without copying it
+        (the default collate still works, with one copy)."""
+        if not indices:
+            return []
+        first = self._item(indices[0], None)
+        shape = (len(indices), *first["img"].shape)
+        buf = _empty_uint8(shape, shared=torch.utils.data.get_worker_info() is not None)  # (B, T, H, W, 3)
+        buf[0].copy_(first["img"])
+        first["img"] = buf[0]
+        return [first] + [self._item(i, buf[j]) for j, i in enumerate(indices[1:], start=1)]
+
+    def _item(self, i: int, img_out: torch.Tensor | None) -> dict:
         if not 0 <= i < self.num_items:
             raise IndexError(i)
         k = self.start_item + i
         src, pos, start, rng = self.locate(k)
         ep = self._episode(src, pos)
         stop = start + self.T
-        frames = ep.frames(start, stop)  # (T, H, W, 3)
+        if img_out is not None and tuple(img_out.shape) == (self.T, *ep.frame_shape):
+            frames = ep.frames(start, stop, out=img_out.numpy())  # (T, H, W, 3), decoded in place
+        else:
+            frames = ep.frames(start, stop)  # (T, H, W, 3)
+            if img_out is not None:
+                raise StoreError(f"{ep.path}: frames are {ep.frame_shape}, other episodes in the batch {tuple(img_out.shape[1:])}")
         all_actions = ep.actions()
         try:
             actions = {name: torch.from_numpy(np.array(all_actions[name][start:stop], dtype=np.int64)) for name in self.action_keys}
@@ -255,7 +276,7 @@ class SequenceDataset(Dataset):
         first = np.zeros(self.T, dtype=bool)
         first[0] = True
         return {
-            "img": torch.from_numpy(frames),
+            "img": img_out if img_out is not None else torch.from_numpy(frames),
             "goal": torch.from_numpy(np.ascontiguousarray(goal)),
             "actions": actions,
             "first": torch.from_numpy(first),
@@ -273,6 +294,36 @@ class SequenceDataset(Dataset):
             "goal_dim": self.goal_dim,
             "action_keys": self.action_keys,
         }
+
+
+def _empty_uint8(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+    if not shared:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    strides = tuple(int(np.prod(shape[d + 1 :])) for d in range(len(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape, strides)
+
+
+def collate_sequences(batch: list[dict]) -> dict:
+    """Like the default collate, but reuses the (B, T, H, W, 3) buffer that
+    ``SequenceDataset.__getitems__`` decoded into instead of copying the frames again."""
+    imgs = [b["img"] for b in batch]
+    base = imgs[0]
+    per = base.numel()
+    whole = base.untyped_storage()
+    if (
+        all(x.untyped_storage().data_ptr() == whole.data_ptr() and x.storage_offset() == j * per and x.is_contiguous() for j, x in enumerate(imgs))
+        and whole.nbytes() == per * len(imgs)
+    ):
+        img = torch.empty(0, dtype=torch.uint8).set_(whole, 0, (len(imgs), *base.shape))
+    else:
+        img = torch.stack(imgs)
+    return {
+        "img": img,
+        "goal": torch.stack([b["goal"] for b in batch]),
+        "actions": {k: torch.stack([b["actions"][k] for b in batch]) for k in batch[0]["actions"]},
+        "first": torch.stack([b["first"] for b in batch]),
+    }
 
 
 def _worker_init(worker_id: int) -> None:
@@ -303,7 +354,8 @@ def make_loader(
     if num_workers > 0:
         kw = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers, "worker_init_fn": _worker_init}
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, **kw
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+        collate_fn=collate_sequences, **kw,
     )
 
 

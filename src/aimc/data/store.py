@@ -214,13 +214,20 @@ class Episode:
     def _chunk_path(self, k: int) -> Path:
         return self.path / "video" / f"{k * int(self.meta['video']['chunk_frames']):06d}.mp4"
 
-    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """RGB frames [start, stop) as uint8 (n, H, W, 3); decodes only the chunks they lie in."""
+    def frames(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """RGB frames [start, stop) as uint8 (n, H, W, 3); decodes only the chunks they lie in.
+
+        ``out``: an existing C-contiguous (n, H, W, 3) uint8 array to decode into.
+        """
         n_total = self.num_frames
         stop = n_total if stop is None else stop
         if not 0 <= start <= stop <= n_total:
             raise IndexError(f"{self.path}: frames [{start}, {stop}) outside [0, {n_total})")
-        out = np.empty((stop - start, *self.frame_shape), dtype=np.uint8)  # (n, H, W, 3)
+        shape = (stop - start, *self.frame_shape)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)  # (n, H, W, 3)
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}")
         c = int(self.meta["video"]["chunk_frames"])
         pos = start
         while pos < stop:
