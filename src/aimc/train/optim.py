@@ -118,8 +118,6 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-def weight_norm(model: nn.Module) -> torch.Tensor:
-    """Global L2 norm of all parameters (0-dim tensor)."""
-    return torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in model.parameters()])
-    )
+def weight_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the given (trainable) parameters (0-dim tensor)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params]))

@@ -367,6 +367,7 @@ def train_policy(
         policy.train()
         session_start = time.perf_counter() - progress.wall_seconds
         t_log, frames_log = time.perf_counter(), progress.frames
+        loss_acc, n_acc = torch.zeros((), device=device), 0  # train/loss = mean over the logging interval
 
         # 5. the loop: one iteration = one optimizer step
         while progress.frames < cfg.schedule.n_frames:
@@ -411,6 +412,8 @@ def train_policy(
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
             progress.frames += frames_per_step
+            loss_acc += step_loss
+            n_acc += 1
             progress.wall_seconds = time.perf_counter() - session_start
 
             # logging (host syncs only here)
@@ -420,15 +423,16 @@ def train_policy(
                     log.warn(f"gradient norm {g:.1f} at step {progress.step} (healthy: 0.5-5); "
                              "if it keeps growing lower optim.lr or optim.max_grad_norm")
                 log.scalars(progress, {
-                    "train/loss": float(step_loss),
+                    "train/loss": float(loss_acc) / n_acc,
                     "train/lr": lr,
                     "train/grad_norm": g,
-                    "train/weight_norm": float(weight_norm(policy)),
+                    "train/weight_norm": float(weight_norm(trainable)),
                     "train/frames_per_s": (progress.frames - frames_log) / max(time.perf_counter() - t_log, 1e-9),
                     "train/uncond_fraction": sum(uncond) / len(uncond) if uncond else float("nan"),
                     **gpu_memory(device),
                 })
                 t_log, frames_log = time.perf_counter(), progress.frames
+                loss_acc, n_acc = torch.zeros((), device=device), 0
             log.progress(progress)
 
             # validation and best weights
