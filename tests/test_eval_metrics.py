@@ -61,3 +61,11 @@ def test_shipped_suites_parse():
     mc = load_suite("steve1-early-game")
     tags = {tag for t in mc.tasks for tag in t.tags}
     assert {"steve1", "harvest", "combat", "techtree"} <= tags
+
+
+def test_holm_adjust():
+    from aimc.eval.metrics import holm_adjust
+
+    # Holm (1979) style example: p = 0.01, 0.04, 0.03, 0.005 -> 0.03, 0.06, 0.06, 0.02
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5, float("nan")])[0] == pytest.approx(0.5)

@@ -116,6 +116,20 @@ def steps_summary(steps: list[int]) -> dict:
     return {"n": k, "median": median, "mean": sum(s) / k, "min": s[0], "max": s[-1]}
 
 
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order): for judging several lifts at once."""
+    order = sorted(range(len(p_values)), key=lambda i: (math.isnan(p_values[i]), p_values[i]))
+    m = sum(not math.isnan(p) for p in p_values)  # untestable cells (no episodes) do not count
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        if math.isnan(p_values[i]):
+            continue
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
 def variant_spread(rates: dict[str, Rate]) -> dict:
     """How much the success rate moves between phrasings of one instruction."""
     ps = [r.p for r in rates.values() if r.n]
@@ -185,11 +199,16 @@ def summarize(rows: list[dict], suite) -> dict:
                 cells[g.id][c] = rate(sum(r["success"].get(g.id) is not None for r in rc), len(rc)).to_dict()
         out["matrix_cells"] = {"conditions": conds, "cells": cells}
     if suite.unconditioned:
+        ids = [t for t, e in tasks_out.items() if e["lift"]]
+        for t, p in zip(ids, holm_adjust([tasks_out[t]["lift"]["p_value"] for t in ids])):
+            tasks_out[t]["lift"]["p_holm"] = p
         lifts = [e["lift"]["diff"] for e in tasks_out.values() if e["lift"] and not math.isnan(e["lift"]["diff"])]
         out["lift_summary"] = {
             "tasks": len(tasks_out),
             "positive_significant": sum(1 for e in tasks_out.values() if e["lift"] and e["lift"]["significant"] and e["lift"]["diff"] > 0),
             "positive_disjoint": sum(1 for e in tasks_out.values() if e["lift_disjoint"]),
+            "positive_holm": sum(1 for e in tasks_out.values()
+                                 if e["lift"] and e["lift"]["diff"] > 0 and e["lift"].get("p_holm", 1.0) < 0.05),
             "mean_lift": sum(lifts) / len(lifts) if lifts else None,
         }
     return out

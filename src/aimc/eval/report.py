@@ -160,7 +160,8 @@ def summary_markdown(summary: dict) -> str:
         ls = summary["lift_summary"]
         mean = "-" if ls["mean_lift"] is None else f"{ls['mean_lift']:+.2f}"
         lines += ["", f"Lift > 0 with non-overlapping intervals on {ls['positive_disjoint']} of {ls['tasks']} "
-                  f"instructions ({ls['positive_significant']} with the difference interval above 0); mean lift {mean}."]
+                  f"instructions ({ls['positive_significant']} with the difference interval above 0, "
+                  f"{ls.get('positive_holm', 0)} after Holm's correction for {ls['tasks']} tests); mean lift {mean}."]
     if summary.get("matrix_cells"):
         mc = summary["matrix_cells"]
         conds = mc["conditions"]
