@@ -22,6 +22,7 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deterministic-prior", action="store_true", help="use the prior's mean instead of one sample per episode")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast (GPU)")
+    g.add_argument("--cuda-graph", action="store_true", help="capture each guided acting step in a CUDA graph (GPU)")
     g.add_argument("--seed", type=int, default=0, help="seed for action sampling and world seeds")
 
 
@@ -67,7 +68,8 @@ def build_agent(args: argparse.Namespace, need_text: bool = True):
         prior = load_prior(prior_path)
     return Agent(policy, mineclip, prior, cond_scale=args.cond_scale, stochastic=not args.greedy,
                  deterministic_prior=args.deterministic_prior, device=device,
-                 amp_dtype=torch.bfloat16 if args.bf16 else None, seed=args.seed, name=str(args.weights))
+                 amp_dtype=torch.bfloat16 if args.bf16 else None, seed=args.seed, name=str(args.weights),
+                 cuda_graph=args.cuda_graph)
 
 
 def env_config(name: str, opts: list[str] | None) -> dict:
