@@ -40,7 +40,8 @@ STAGES = ("generate", "embedder", "embed", "policy", "prior", "eval")
 class QuickstartPlan:
     """Sizes of every stage (derived from ``--minutes`` and ``--fast``).
 
-    minutes: total time budget. episodes / max_steps: demonstrations to record.
+    minutes: total time budget. episodes / max_steps: demonstrations to record (at most:
+    recording stops after ``generate_seconds``).
     embedder_seconds / embedder_steps: contrastive training budget (whichever ends first).
     policy_preset: TrainConfig preset of the policy. policy_frames: 0 = fill the time left.
     prior_epochs: prior training epochs. eval_episodes / eval_max_steps / eval_tasks /
@@ -51,9 +52,10 @@ class QuickstartPlan:
     """
 
     minutes: float = 20.0
-    episodes: int = 200
+    episodes: int = 400
     max_steps: int = 400
     workers: int = 2
+    generate_seconds: float = 240.0
     embedder_seconds: float = 150.0
     embedder_steps: int = 5000
     policy_preset: str = "crafter"
@@ -72,13 +74,15 @@ def make_plan(minutes: float, fast: bool, workers: int = 2, seed: int = 0) -> Qu
     if minutes <= 0:
         raise UserError(f"--minutes must be positive, got {minutes}")
     if fast:
-        return QuickstartPlan(minutes=minutes, episodes=4, max_steps=120, workers=min(workers, 2), embedder_seconds=15,
+        return QuickstartPlan(minutes=minutes, episodes=4, max_steps=120, workers=min(workers, 2), generate_seconds=0.0,
+                              embedder_seconds=10,
                               embedder_steps=20, policy_preset="crafter_fast", policy_frames=640, prior_epochs=5,
                               eval_episodes=1, eval_max_steps=20, eval_tasks=("collect_wood", "place_table"),
                               eval_videos=1, seed=seed)
     scale = minutes / 20.0
-    return QuickstartPlan(minutes=minutes, episodes=max(20, int(200 * scale)), workers=workers,
-                          embedder_seconds=150 * scale, embedder_steps=int(5000 * scale), seed=seed)
+    return QuickstartPlan(minutes=minutes, episodes=max(20, int(400 * scale)), workers=workers,
+                          generate_seconds=240 * scale, embedder_seconds=150 * scale, embedder_steps=int(5000 * scale),
+                          seed=seed)
 
 
 class _Display:
@@ -137,8 +141,9 @@ def stage_generate(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
         total[1] += n
         display.update("generate", total[0] / plan.episodes, f"{total[0]}/{plan.episodes} episodes, {total[1]:,} frames")
 
-    s = generate_crafter_store(run / "store", plan.episodes, plan.max_steps, plan.workers, plan.seed, 64, None, None, done)
-    return {"episodes": plan.episodes, "frames": s["frames"], "seconds": s["seconds"]}
+    s = generate_crafter_store(run / "store", plan.episodes, plan.max_steps, plan.workers, plan.seed, 64, None, None, done,
+                               time_limit_s=plan.generate_seconds)
+    return {"episodes": s["episodes"], "frames": s["frames"], "seconds": s["seconds"]}
 
 
 def stage_embedder(run: Path, plan: QuickstartPlan, display: _Display) -> dict:

@@ -239,11 +239,11 @@ class Demonstrator:
     def _make(self, item: str, plan: _Plan) -> str:
         """Gather what ``item`` needs, stand by a table, make it."""
         needs = self._make_needs[item]
+        if not self._has(needs):
+            return self._pursue("collect_wood", plan)
         near, _ = self.env.world.nearby(self.env.player.pos, 1)
         if "table" in near:
-            if self._has(needs):
-                return f"make_{item}"
-            return self._pursue("collect_wood", plan)
+            return f"make_{item}"
         # walk to a visible table when there is one; else build one next to us
         a = self._face_material(("table",), plan, "noop", max_dist=8)
         if a is not None:

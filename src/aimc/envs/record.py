@@ -117,11 +117,13 @@ def generate_crafter_store(
     demo_config: DemonstratorConfig | None = None,
     goal: str | None = None,
     on_episode: Callable[[str, int], None] | None = None,
+    time_limit_s: float = 0.0,
 ) -> dict:
     """Record ``episodes`` episodes (world seeds ``seed .. seed + episodes - 1``) in parallel.
 
     ``on_episode(episode_id, frames)`` is called in this process as each one finishes.
-    Returns {"episodes", "frames", "written", "skipped", "seconds"}.
+    ``time_limit_s`` > 0 stops starting new episodes after that many seconds (a time budget).
+    Returns {"episodes" (finished), "frames", "written", "skipped", "seconds"}.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
@@ -131,9 +133,14 @@ def generate_crafter_store(
     seeds = [seed + i for i in range(episodes)]
     written = skipped = frames = 0
     args = [(str(store_root), s, max_steps, size, demo_config, goal) for s in seeds]
+    def out_of_time() -> bool:
+        return bool(time_limit_s) and time.time() - t0 > time_limit_s
+
     if workers == 1:
-        results = (record_episode(*a) for a in args)
-        for eid, n, w in results:
+        for a in args:
+            if out_of_time():
+                break
+            eid, n, w = record_episode(*a)
             frames += n
             written += int(w)
             skipped += int(not w)
@@ -144,10 +151,15 @@ def generate_crafter_store(
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(record_episode, *a) for a in args]
             for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
                 eid, n, w = fut.result()
                 frames += n
                 written += int(w)
                 skipped += int(not w)
                 if on_episode:
                     on_episode(eid, n)
-    return {"episodes": episodes, "frames": frames, "written": written, "skipped": skipped, "seconds": time.time() - t0}
+                if out_of_time():
+                    for f in futures:
+                        f.cancel()  # episodes not started yet; running ones finish
+    return {"episodes": written + skipped, "frames": frames, "written": written, "skipped": skipped, "seconds": time.time() - t0}
