@@ -54,6 +54,10 @@ def test_aimc_train_end_to_end_and_resume(tmp_path, capsys):
     for name in ("final.safetensors", "best.safetensors"):
         p = load_policy(run / name)
         assert isinstance(p, STEVE1Policy) and p.cfg.mineclip_embed_dim == D
+    readme = (run / "README.md").read_text()
+    assert "## Data as loaded" in readme and "episodes" in readme and "## Result" in readme
+    snaps = sorted((run / "checkpoints").glob("snapshot_*"))  # tiny: every 640 frames -> none at 160
+    assert not snaps
     cfg_saved = (run / "config.yaml").read_text()
     assert "n_frames: 160" in cfg_saved
     # starting again in the same directory is refused; --resume continues (here: longer)

@@ -71,6 +71,10 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k
     assert "## Resumed" in (run / "README.md").read_text()
+    # records the killed session logged after its last checkpoint were dropped, not duplicated
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in json.loads(x)]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
 
 
 def test_resume_mid_sequence_restores_carried_state(tmp_path):

@@ -20,12 +20,17 @@ from typing import Any
 
 from aimc.train.checkpoint import Progress
 from aimc.train.config import TrainConfig
+from aimc.utils.io import atomic_write_text
 
 
 class MetricsLogger:
     """Rank 0 writes; other ranks get a logger whose methods do nothing."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, *, enabled: bool, total_frames: int, start_frames: int = 0) -> None:
+    def __init__(self, run_dir: Path, cfg: TrainConfig, *, enabled: bool, total_frames: int, start_frames: int = 0,
+                 resume_step: int | None = None) -> None:
+        """``resume_step``: the run resumes after this step; records logged after it by the
+        interrupted session are dropped (they will be logged again), in metrics.jsonl and
+        TensorBoard alike."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.total_frames = total_frames
@@ -39,8 +44,14 @@ class MetricsLogger:
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            purge = start_frames + 1 if resume_step is not None else None  # x axis = frames
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
+        path = self.run_dir / "metrics.jsonl"
+        if resume_step is not None and path.is_file():
+            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
+        self._jsonl = open(path, "a", encoding="utf-8")
         if cfg.logging.progress and sys.stderr.isatty():
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

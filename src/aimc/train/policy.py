@@ -42,6 +42,7 @@ from aimc.train.optim import (
     set_lr,
     weight_norm,
 )
+from aimc.utils.io import atomic_dir
 
 
 class TrainingDiverged(UserError):
@@ -330,6 +331,8 @@ def train_policy(
             from aimc.train.data import make_sources
 
             train_data, val_data = make_sources(cfg, info.rank, info.world_size)
+            if info.is_main and not resume:
+                rundir.note_data(run_dir, train_data.dataset.describe(), val_data is not None)
 
         # 4. where we are: fresh, or exactly where the latest checkpoint left off
         ckpt_dir = run_dir / "checkpoints"
@@ -347,7 +350,7 @@ def train_policy(
             carried = ckpt.to_device(saved["carried_state"], device)
 
         log = MetricsLogger(run_dir, cfg, enabled=info.is_main, total_frames=cfg.schedule.n_frames,
-                            start_frames=progress.frames)
+                            start_frames=progress.frames, resume_step=progress.step if resume else None)
         log.note(f"{_count(sum(p.numel() for p in policy.parameters()))} parameters, "
                  f"{_count(sum(p.numel() for p in trainable))} trainable"
                  + (f", {len(changes['frozen'])} frozen tensors" if changes["frozen"] else "")
@@ -380,6 +383,7 @@ def train_policy(
                 if b != batch_index:
                     batch_index, batch = b, train_data.batch(b)
                     uncond.append(unconditioned_fraction(torch.as_tensor(batch["goal"])))
+                    batch = ckpt.to_device(batch, device)  # once per batch; chunks are views
                 if c_i == 0 or carried is None:
                     carried = policy.initial_state(batch["first"].shape[0], device=device)
                 c = chunk(batch, c_i * tt, (c_i + 1) * tt, device)
@@ -444,7 +448,8 @@ def train_policy(
                 save_latest(carried)
             if cfg.checkpoint.snapshot_every_frames and progress.frames >= progress.next_snapshot_frames:
                 if info.is_main:
-                    ckpt.save_weights_snapshot(ckpt_dir / f"snapshot_{progress.frames}", policy.state_dict())
+                    with atomic_dir(ckpt_dir / f"snapshot_{progress.frames}") as tmp:
+                        export_weights(policy, tmp / "policy", cfg.checkpoint.export)
                 progress.next_snapshot_frames += cfg.checkpoint.snapshot_every_frames
 
         # 6. the end: final validation, latest checkpoint, exported weights

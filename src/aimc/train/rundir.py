@@ -73,7 +73,11 @@ def _now() -> str:
 
 
 def _command() -> str:
-    return " ".join(["aimc" if i == 0 else a for i, a in enumerate(sys.argv)]) if sys.argv else "aimc train"
+    """The command line that started this process, if it was the ``aimc`` CLI."""
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if prog in ("aimc", "cli.py", "__main__.py"):
+        return " ".join(["aimc", *sys.argv[1:]])
+    return f"train_policy() called from {prog or 'Python'}"
 
 
 def _readme_start(cfg: TrainConfig) -> str:
@@ -117,6 +121,18 @@ def _append(run_dir: Path, text: str) -> None:
     path = run_dir / "README.md"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     atomic_write_text(path, old + text)
+
+
+def note_data(run_dir: Path, described: dict[str, Any], has_val: bool) -> None:
+    """Record what the loader found in the stores (episodes, usable frames, mixture shares)."""
+    lines = ["", "## Data as loaded", ""]
+    for src in described.get("sources", []):
+        lines.append(f"- `{src['store']}`: {src['episodes']} episodes ({src['eligible']} long enough), "
+                     f"share of frames {src['p']:.2f}")
+    lines.append(f"- {described.get('usable_frames', 0):,} usable frames, goal dim {described.get('goal_dim')}, "
+                 f"action heads {', '.join(described.get('action_keys', []))}")
+    lines.append(f"- validation: {'yes' if has_val else 'none (no val split: run `aimc data split`)'}")
+    _append(run_dir, "\n".join(lines) + "\n")
 
 
 def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, Any], exported: list[str]) -> None:
