@@ -15,7 +15,8 @@ world panned by a smooth random camera; sparse random env actions; 512-d embeddi
   (1, 512) arrays) unpickled whole for every item, goals relabeled step by step in Python, and
   each action converted to policy indices one frame at a time.
 
-Reported: per-item median frames/s on one core (torch/OpenCV threads = 1), DataLoader
+Reported: per-item median frames/s on one core (torch/OpenCV threads = 1; by wall clock and by
+the process's CPU time, which a busy shared machine disturbs much less), DataLoader
 throughput with 1 and 2 (or ``--workers``) worker processes, bytes per frame of each storage
 and PSNR against the source frames; beside the original's figures recorded in the issue.
 """
@@ -170,15 +171,18 @@ class NaiveDataset:
 # --------------------------------------------------------------------------- measurement
 
 
-def per_item_fps(ds, items: int, T: int, offset: int = 0) -> tuple[float, float]:
-    """(median frames/s over single items, total frames/s) in this process."""
+def per_item_fps(ds, items: int, T: int, offset: int = 0) -> tuple[float, float, float]:
+    """Frames/s of single items in this process: (median by wall clock, mean by wall clock,
+    median by this process's CPU time). On a shared machine the CPU-time figure is the one that
+    does not depend on how busy the other processes keep the cores."""
     ds[offset]  # warm-up (imports, first opens)
-    times = []
+    wall, cpu = [], []
     for k in range(offset + 1, offset + 1 + items):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ds[k]
-        times.append(time.perf_counter() - t0)
-    return T / statistics.median(times), T * items / sum(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return T / statistics.median(wall), T * items / sum(wall), T / statistics.median(cpu)
 
 
 def loader_fps(ds, workers: int, items: int, T: int, batch_size: int) -> float:
@@ -284,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ours = SequenceDataset([store.root], T=args.T, min_btwn_goals=15, max_btwn_goals=200, p_uncond=0.1, seed=0, num_items=10**6)
     naive = NaiveDataset(naive_dirs, T=args.T)
-    ours_median, ours_mean = per_item_fps(ours, items, args.T)
-    naive_median, naive_mean = per_item_fps(naive, max(4, items // 2), args.T)
+    ours_median, ours_mean, ours_cpu = per_item_fps(ours, items, args.T)
+    naive_median, naive_mean, naive_cpu = per_item_fps(naive, max(4, items // 2), args.T)
     scaling = {}
     for w in args.workers:
         scaling[w] = loader_fps(_Window(ours, 10_000 * (w + 1)), w, items * max(1, w), args.T, args.batch_size)
@@ -307,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, python {platform.python_version()}".strip(),
         "setting": {"episodes": n_ep, "frames_per_episode": n_fr, "T": args.T, "timed_items": items, "crf": args.crf, "chunk_frames": args.chunk_frames},
         "build_seconds": round(build_s, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "per_core_frames_per_s": {"aimc_median": round(ours_median), "aimc_mean": round(ours_mean), "naive_median": round(naive_median),
                                   "naive_mean": round(naive_mean), "aimc_vs_naive": round(ours_median / naive_median, 2),
                                   "aimc_vs_original_recorded": round(ours_median / ORIGINAL["frames_per_s_per_core_median"], 2)},
+        "per_cpu_second_frames_per_s": {"aimc_median": round(ours_cpu), "naive_median": round(naive_cpu),
+                                        "aimc_vs_naive": round(ours_cpu / naive_cpu, 2),
+                                        "aimc_vs_original_recorded": round(ours_cpu / ORIGINAL["frames_per_s_per_core_median"], 2)},
         "dataloader_frames_per_s": {str(w): round(v) for w, v in scaling.items()},
         "scaling_2_vs_1": round(w2 / w1, 2) if w1 and w2 else None,
         f"naive_dataloader_{naive_w}_workers_frames_per_s": round(naive_loader),
@@ -318,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         "psnr_db": {"aimc": round(min(psnr_ours), 2), "naive_mp4v": round(min(psnr_naive), 2)},
         "original_recorded": ORIGINAL,
         "goals": {
-            "per_core_>=_2x_original": bool(ours_median >= GOAL_PER_CORE),
+            "per_core_>=_2x_original (wall)": bool(ours_median >= GOAL_PER_CORE),
+            "per_core_>=_2x_original (cpu time)": bool(ours_cpu >= GOAL_PER_CORE),
             "fewer_bytes_than_original": bool(sum(ours_bytes.values()) < sum(ORIGINAL["bytes_per_frame"].values())),
             "psnr_>=_40": bool(min(psnr_ours) >= 40),
         },
