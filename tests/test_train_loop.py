@@ -165,3 +165,29 @@ def test_synthetic_items_are_learnable_and_deterministic():
     # the brightest column is the action
     col = a["img"][0].float().mean(dim=(0, 2))[:5].argmax()
     assert int(col) == int(a["actions"]["action"][0])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_train(tmp_path, precision):
+    cfg = tiny_cfg(f"runtime.precision={precision}", "schedule.n_frames=96", "schedule.warmup_frames=32",
+                   "validation.every=0", "logging.every=1")
+    torch.manual_seed(0)
+    train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
+    recs = metrics(tmp_path / "run")
+    assert len(recs) == 3 and all(math.isfinite(r["train/loss"]) for r in recs)
+    if precision == "fp16":  # the gradient scaler's state is checkpointed for resume
+        state = torch.load(tmp_path / "run" / "checkpoints" / "latest" / "state.pt", weights_only=True)
+        assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+
+
+def test_freeze_groups_cover_the_real_policy():
+    from aimc.models.vpt import PolicyConfig, STEVE1Policy
+    from aimc.train.config import FREEZE_GROUPS
+    from aimc.train.optim import group_parameter_names
+
+    p = STEVE1Policy(PolicyConfig.tiny(img_shape=[16, 16, 3], action_heads={"action": 5}))
+    groups = {g: set(group_parameter_names(p, g)) for g in FREEZE_GROUPS}
+    assert all(groups.values()), {g: len(v) for g, v in groups.items()}
+    names = {n for n, _ in p.named_parameters()}
+    assert set().union(*groups.values()) == names  # every parameter belongs to a group ...
+    assert sum(len(v) for v in groups.values()) == len(names)  # ... exactly one
