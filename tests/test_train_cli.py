@@ -141,3 +141,31 @@ def test_memory_estimate_matches_the_recorded_peaks_and_names_the_fix():
     with pytest.raises(PreflightError, match=r"optim.batch_size=4 optim.grad_accum=4.*activation_checkpointing=true"):
         check_memory(load_config(TrainConfig, "finetune"), fake, torch.device("cuda"), "bf16", free_bytes=23 * 2**30)
     check_memory(load_config(TrainConfig, "finetune_24gb"), fake, torch.device("cuda"), "bf16", free_bytes=23 * 2**30)
+
+
+def test_interrupted_run_with_the_real_loader_resumes_exactly(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from aimc.train import data as train_data
+
+    store = make_store(tmp_path / "store")
+    args = ["--preset", "tiny", f"data.stores=[{store.root}]", f"model.goal_dim={D}", POLICY, "data.val_split=",
+            "logging.tensorboard=false", "schedule.n_frames=192", "schedule.warmup_frames=32", "checkpoint.every=1",
+            "data.T=12", "optim.trunc_t=4"]  # 3 chunks per sequence, 2 per step: stops mid-sequence
+    assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
+    ref = load_file(str(tmp_path / "straight" / "final.safetensors"))
+
+    real_batch = train_data.LoaderBatches.batch
+
+    def failing(self, index):
+        if index == 3:
+            raise KeyboardInterrupt  # as if stopped by Ctrl-C while fetching the 4th batch
+        return real_batch(self, index)
+
+    monkeypatch.setattr(train_data.LoaderBatches, "batch", failing)
+    assert main(["train", *args, "--out", str(tmp_path / "stopped")]) == 130
+    monkeypatch.setattr(train_data.LoaderBatches, "batch", real_batch)
+    assert main(["train", "--resume", str(tmp_path / "stopped")]) == 0
+    got = load_file(str(tmp_path / "stopped" / "final.safetensors"))
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

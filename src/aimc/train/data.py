@@ -50,7 +50,8 @@ class LoaderBatches:
             kw = {"prefetch_factor": 4, "worker_init_fn": L._worker_init, "persistent_workers": False}
         dl = DataLoader(self.dataset, batch_size=self.B, sampler=range(index * self.B, n_batches * self.B),
                         num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=True, **kw)
-        self._it = iter(dl)
+        with torch.random.fork_rng(devices=[]):  # starting workers draws a seed: keep training's RNG as is
+            self._it = iter(dl)
         self._next = index
 
     def batch(self, index: int) -> dict[str, Any]:

@@ -371,13 +371,13 @@ def train_policy(
         session_start = time.perf_counter() - progress.wall_seconds
         t_log, frames_log = time.perf_counter(), progress.frames
         loss_acc, n_acc = torch.zeros((), device=device), 0  # train/loss = mean over the logging interval
+        uncond: list[float] = []  # unconditioned fraction of each batch in the logging interval
 
         # 5. the loop: one iteration = one optimizer step
         while progress.frames < cfg.schedule.n_frames:
             lr = lr_at(progress.frames, cfg.optim.lr, cfg.schedule)
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
-            uncond = []
             for k in range(A):
                 b, c_i = divmod(progress.micro, chunks)
                 if b != batch_index:
@@ -436,7 +436,7 @@ def train_policy(
                     **gpu_memory(device),
                 })
                 t_log, frames_log = time.perf_counter(), progress.frames
-                loss_acc, n_acc = torch.zeros((), device=device), 0
+                loss_acc, n_acc, uncond = torch.zeros((), device=device), 0, []
             log.progress(progress)
 
             # validation and best weights
@@ -477,7 +477,9 @@ def train_policy(
 
 
 def _validate_and_keep_best(policy, val_data, cfg, device, precision, info, progress, log, ckpt_dir) -> None:
-    val_loss = validate(policy, val_data(), cfg, device, precision, info)
+    # a forked RNG: validation (and its loader's seeding) never changes the training's random stream
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        val_loss = validate(policy, val_data(), cfg, device, precision, info)
     log.scalars(progress, {"val/loss": val_loss})
     if math.isfinite(val_loss) and val_loss < progress.best_val_loss:
         progress.best_val_loss = val_loss
