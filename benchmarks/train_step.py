@@ -28,7 +28,7 @@ import torch
 from aimc.config import load_config
 from aimc.train.config import TrainConfig
 from aimc.train.optim import make_optimizer
-from aimc.train.policy import autocast_for, build_policy, chunk, micro_step
+from aimc.train.policy import build_policy, chunk, micro_step
 
 ORIGINAL = {  # the original code on one H100 80GB, random weights, synthetic on-GPU data
     "steve1_from_vpt": {"frames_per_s": 2877, "peak_gib": 40.8},

@@ -16,7 +16,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 from aimc.train.checkpoint import Progress
 from aimc.train.config import TrainConfig
