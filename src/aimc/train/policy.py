@@ -322,8 +322,8 @@ def train_policy(
             preflight.check_memory(cfg, policy, device, precision)
         optimizer = make_optimizer(policy, cfg.optim, device)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        model = torch.compile(policy) if cfg.runtime.compile else policy
-        model = D.wrap_ddp(model, info, device)
+        ddp = D.wrap_ddp(policy, info, device)  # = policy with one process
+        model = torch.compile(ddp) if cfg.runtime.compile else ddp  # what runs the forward
         trainable = [p for p in policy.parameters() if p.requires_grad]
 
         # 3. data
@@ -387,7 +387,7 @@ def train_policy(
                 if c_i == 0 or carried is None:
                     carried = policy.initial_state(batch["first"].shape[0], device=device)
                 c = chunk(batch, c_i * tt, (c_i + 1) * tt, device)
-                with D.no_sync(model, skip=k < A - 1):
+                with D.no_sync(ddp, skip=k < A - 1):
                     loss, carried = micro_step(model, policy, c, carried, precision, device, 1.0 / A, scaler)
                 loss_sum += loss
                 progress.micro += 1
