@@ -93,3 +93,17 @@ def test_run_errors(weights, tmp_path, capsys):
     assert "give a goal" in capsys.readouterr().err
     assert main(["run", "--weights", str(weights), "--prompts", "a;b", "--device", "cpu"]) == 2
     assert main(["run", "--weights", str(tmp_path / "nope.safetensors"), "--prompt", "x"]) == 2
+
+
+def test_run_on_fake_minerl(tmp_path):
+    weights = make_bundle(tmp_path / "mc", heads={"buttons": 8641, "camera": 121}, img=128)
+    out = tmp_path / "mc.mp4"
+    rc = main(["run", "--weights", str(weights), "--prompt", "chop a tree", "--env", "minerl", "--env-opt", "fake=true",
+               "--env-opt", "fake_options={crash_at_step: 4}", "--steps", "6", "--video", str(out), "--scale", "1",
+               "--device", "cpu"])
+    assert rc == 0
+    frames = read_video(out)
+    assert frames.shape[0] == 7 and frames.shape[2] == 128  # the agent-size 128x128 frame, caption above
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert len(side["crashes"]) == 1 and "Connection reset" in side["crashes"][0]  # recorded, play went on
+    assert side["episodes"] == 2

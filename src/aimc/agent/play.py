@@ -222,6 +222,8 @@ def play(
                         result.crashes.append(f"env {k} step {step}: {r.message}")
                         episode_seed[k], next_seed = next_seed, next_seed + 1
                         reset_slot(k)
+                        if writers[k] is not None:  # the new episode's first frame takes this step's place
+                            writers[k].add(frames[k], label(prompt), step)
                         continue
                     frame, measures, done = r
                     frames[k] = frame
