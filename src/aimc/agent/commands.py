@@ -68,7 +68,7 @@ def build_agent(args: argparse.Namespace, need_text: bool = True):
         prior = load_prior(prior_path)
     return Agent(policy, mineclip, prior, cond_scale=args.cond_scale, stochastic=not args.greedy,
                  deterministic_prior=args.deterministic_prior, device=device,
-                 amp_dtype=torch.bfloat16 if args.bf16 else None, seed=args.seed, name=str(args.weights),
+                 amp_dtype=torch.bfloat16 if args.bf16 else None, seed=args.seed, name=str(Path(args.weights).resolve()),
                  cuda_graph=args.cuda_graph)
 
 
