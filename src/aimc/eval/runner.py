@@ -302,7 +302,7 @@ def run_suite(
                         frame, measures = r
                         if frames is None:
                             frames = np.zeros((num_envs, *frame.shape), dtype=np.uint8)
-                        frames[s] = frame
+                        frames[s] = _fit_frame(frame, frames.shape[1:])
                         g = np.asarray(agent.goal(job.instruction, job.seed), dtype=np.float32)
                         if goals is None:
                             goals = np.zeros((num_envs, g.shape[0]), dtype=np.float32)
@@ -328,7 +328,7 @@ def run_suite(
                     frame, measures, env_done = r
                     slot = slots[s]
                     slot.step += 1
-                    frames[s] = frame
+                    frames[s] = _fit_frame(frame, frames.shape[1:])
                     for tr in slot.trackers.values():
                         tr.update(slot.step, measures)
                     if slot.video is not None:
@@ -343,6 +343,15 @@ def run_suite(
         writer.close()
         vec.close()
     return results_path
+
+
+def _fit_frame(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Tasks may use different frame sizes; the batch holds the first size (the agent resizes anyway)."""
+    if frame.shape == tuple(shape):
+        return frame
+    from aimc.actions.image import _resize_frames
+
+    return _resize_frames(frame[None], shape[0], shape[1])[0]
 
 
 def _video_name(job: Job) -> str:
