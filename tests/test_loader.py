@@ -174,6 +174,17 @@ def test_batch_is_decoded_in_place(tmp_path):
     assert torch.equal(mixed["img"], batch["img"][:2])
 
 
+def test_pickles_without_open_episodes(tmp_path):
+    import pickle
+
+    store = make_store(tmp_path / "s", n_episodes=1, length=60)
+    ds = SequenceDataset([f"{store.root}:all"], T=16, min_btwn_goals=15, max_btwn_goals=20, num_items=3)
+    first = ds[0]
+    assert ds._cache
+    clone = pickle.loads(pickle.dumps(ds))
+    assert not clone._cache and torch.equal(clone[0]["img"], first["img"])
+
+
 def test_mixture_weights_respected(tmp_path):
     big = make_store(tmp_path / "big", n_episodes=3, length=200, ep_offset=0)
     small = make_store(tmp_path / "small", n_episodes=1, length=60, ep_offset=10)

@@ -199,6 +199,12 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return self.num_items
 
+    def __getstate__(self) -> dict:
+        # workers (spawned or forked) open their own episodes and memory maps
+        state = dict(self.__dict__)
+        state["_cache"] = collections.OrderedDict()
+        return state
+
     def _episode(self, src: int, pos: int) -> Episode:
         key = (src, pos)
         ep = self._cache.get(key)
