@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from test_train_support import single_thread, GOAL_DIM, SyntheticBatches, TinyPolicy  # noqa: F401 (autouse fixture)
 
 from aimc.config import load_config
-from aimc.train.checkpoint import load_checkpoint
+from aimc.train.checkpoint import clean_checkpoint_dir, load_checkpoint
 from aimc.train.config import TrainConfig
 from aimc.train.policy import train_policy
 
@@ -51,8 +51,11 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if progress.is_file() and json.loads(progress.read_text())["step"] >= 3:
-                break
+            try:
+                if json.loads(progress.read_text())["step"] >= 3:
+                    break
+            except (FileNotFoundError, NotADirectoryError, ValueError):  # not yet, or being replaced
+                pass
             if not proc.is_alive():
                 pytest.fail(f"child exited early with code {proc.exitcode}")
             time.sleep(0.05)
@@ -62,6 +65,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     finally:
         proc.join()
     assert proc.exitcode == -signal.SIGKILL
+    clean_checkpoint_dir(run / "checkpoints")  # (what --resume does first) in case the kill hit a rename
     step_at_kill = json.loads(progress.read_text())["step"]
     assert step_at_kill < 12  # really killed part-way (12 steps in all)
     load_checkpoint(run / "checkpoints" / "latest")  # loadable whatever moment the kill hit
@@ -105,3 +109,16 @@ def test_resume_mid_sequence_restores_carried_state(tmp_path):
     got = load_file(str(tmp_path / "b" / "final.safetensors"))
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+def test_a_kill_between_the_two_renames_keeps_the_old_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / ".old-latest.1234").mkdir(parents=True)  # the old latest, moved aside ...
+    (ckpt / ".old-latest.1234" / "state.pt").write_text("old")
+    (ckpt / ".tmp-latest.abcd").mkdir()  # ... and the new one, not yet renamed into place
+    assert clean_checkpoint_dir(ckpt) == 1
+    assert (ckpt / "latest" / "state.pt").read_text() == "old"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest"]
+    # with latest in place, an .old copy is a leftover
+    (ckpt / ".old-latest.99").mkdir()
+    assert clean_checkpoint_dir(ckpt) == 1 and (ckpt / "latest" / "state.pt").read_text() == "old"

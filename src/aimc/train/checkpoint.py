@@ -17,6 +17,7 @@ data and is read back with ``weights_only=True``.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,5 +138,19 @@ def save_weights_snapshot(path: Path, state_dict: dict[str, torch.Tensor]) -> Pa
 
 
 def clean_checkpoint_dir(ckpt_dir: Path) -> int:
-    """Remove leftovers of a checkpoint write that was killed half-way."""
+    """Repair and tidy after a checkpoint write that was killed half-way.
+
+    Replacing ``latest`` moves the old folder aside (``.old-latest.<pid>``) and then renames the
+    new one into place; a kill between the two renames leaves no ``latest``. The old complete
+    checkpoint is then put back. Other leftovers (``.tmp-*`` builds, ``.old-*`` copies that were
+    replaced) are removed. Returns how many leftovers were removed.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return 0
+    for old in sorted(ckpt_dir.glob(".old-*")):
+        name = old.name[len(".old-"):].rsplit(".", 1)[0]
+        target = ckpt_dir / name
+        if old.is_dir() and name and not target.exists():
+            os.replace(old, target)
     return clean_tmp_dirs(ckpt_dir)

@@ -303,6 +303,10 @@ def train_policy(
     info, device = D.setup(cfg.runtime.device, cfg.runtime.dist_backend)
     try:
         # 1. checks before any compute, then the run directory
+        ckpt_dir = run_dir / "checkpoints"
+        if resume and info.is_main:
+            ckpt.clean_checkpoint_dir(ckpt_dir)  # repairs a checkpoint write cut by a kill
+        D.barrier(info)
         if not skip_preflight:
             preflight.check_static(cfg, run_dir, resume=resume, need_data=train_data is None)
         if info.is_main:
@@ -335,11 +339,9 @@ def train_policy(
                 rundir.note_data(run_dir, train_data.dataset.describe(), val_data is not None)
 
         # 4. where we are: fresh, or exactly where the latest checkpoint left off
-        ckpt_dir = run_dir / "checkpoints"
         progress = ckpt.Progress(next_snapshot_frames=cfg.checkpoint.snapshot_every_frames)
         carried = None
         if resume:
-            ckpt.clean_checkpoint_dir(ckpt_dir)
             saved = ckpt.load_checkpoint(ckpt_dir / "latest")
             policy.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
