@@ -75,6 +75,7 @@ def _cfg(*over: str) -> TrainConfig:
 
 def test_preflight_reports_each_bad_input(tmp_path):
     run = tmp_path / "run"
+    make_store(tmp_path / "store", n_episodes=1, length=24)
     cases = [
         (_cfg(f"model.init={tmp_path / 'nope.safetensors'}", "data.stores=[x]"), "nope.safetensors: file not found"),
         (_cfg("data.stores=[]"), "data.stores is empty"),
@@ -92,6 +93,7 @@ def test_preflight_reports_each_bad_input(tmp_path):
     empty.root.mkdir()
     with pytest.raises(PreflightError, match="holds no episodes"):
         check_static(_cfg(f"data.stores=[{empty.root}]"), run, resume=False)
+    check_static(_cfg(f"data.stores=[{tmp_path / 'store'}:train]"), run, resume=False)  # "path:split" form
     raw = make_store(tmp_path / "raw", n_episodes=1, length=24, embed=False)
     with pytest.raises(PreflightError, match="no goal embeddings.*aimc data embed"):
         check_static(_cfg(f"data.stores=[{raw.root}]"), run, resume=False)

@@ -112,10 +112,12 @@ def _check_data(cfg: TrainConfig) -> list[str]:
     d = cfg.data
     if not d.stores:
         return ["data.stores is empty: give the episode store(s) to train on, e.g. data.stores=[data/my_store]"]
+    from aimc.data.mixture import parse_source
     from aimc.data.store import EpisodeStore
 
     out = []
-    for root in d.stores:
+    for spec in d.stores:
+        root = parse_source(spec, d.split).store  # "path" or "path:split"
         path = Path(root)
         if not path.is_dir():
             out.append(f"data store {root}: folder not found (create it with `aimc data convert ...`)")
