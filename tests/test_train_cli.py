@@ -171,3 +171,18 @@ def test_interrupted_run_with_the_real_loader_resumes_exactly(tmp_path, monkeypa
     got = load_file(str(tmp_path / "stopped" / "final.safetensors"))
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+def test_unconditioned_vpt_weights_start_a_goal_conditioned_policy(tmp_path):
+    from aimc.train.policy import build_policy
+
+    vpt = STEVE1Policy(PolicyConfig.tiny(img_shape=[16, 16, 3], action_heads={"action": 5}, mineclip_embed_dim=0))
+    save_policy(vpt, tmp_path / "vpt.weights", model_path=tmp_path / "vpt.model")
+    cfg = _cfg(f"model.init={tmp_path / 'vpt.weights'}", f"model.model_file={tmp_path / 'vpt.model'}", "model.policy={}")
+    with pytest.warns(UserWarning, match="no goal layer"):
+        p = build_policy(cfg)
+    assert p.cfg.mineclip_embed_dim == D and p.net.mineclip_embed_linear is not None
+    sd = vpt.state_dict()
+    for k, v in p.state_dict().items():
+        if k in sd:
+            assert torch.equal(v, sd[k]), k
