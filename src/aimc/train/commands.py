@@ -20,8 +20,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.model_file:
         overrides.append(f"model.model_file={args.model_file}")
     if args.resume:
-        if args.preset:
-            raise UserError("--resume continues a run with its saved config; leave out --preset")
+        if args.preset or args.out:
+            raise UserError("--resume continues a run in its own folder with its saved config; "
+                            "leave out --preset and --out (overrides KEY=VALUE still apply)")
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir, overrides)
     else:
