@@ -48,3 +48,27 @@ def test_embed_store_resumes_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "embedded 1 episode(s)" in out and "skipped 1 already embedded" in out
     assert store.open("e1").has_embeddings
+
+
+def test_contractor_conversion_embeds_full_resolution_frames(tmp_path):
+    from test_converters import make_recording
+
+    from aimc.actions.contractor import load_contractor_episode
+    from aimc.data.converters.base import run_jobs
+    from aimc.data.converters.contractor import convert_recording, find_recordings
+
+    model = tiny_mineclip()
+    weights = save_mineclip(model, tmp_path / "mc.safetensors")
+    make_recording(tmp_path / "rec", "r0", n=28, seed=7)
+    jobs, _ = find_recordings(tmp_path / "rec")
+    for j in jobs:
+        j.options.update(mineclip=str(weights), batch_size=8)
+    store = EpisodeStore(tmp_path / "s")
+    assert run_jobs(jobs, convert_recording, store, workers=1, progress=False).converted == 1
+    ep = store.open("r0")
+    emb, valid = ep.embeddings()
+    src = load_contractor_episode(tmp_path / "rec" / "r0.mp4", tmp_path / "rec" / "r0.jsonl", mineclip_size=(32, 48))
+    ref, ref_valid = embed_episode(model, src.frames_mineclip, batch_size=8)
+    np.testing.assert_array_equal(valid, ref_valid)
+    np.testing.assert_allclose(np.asarray(emb, np.float32), ref, atol=3e-3)
+    assert ep.meta["embeddings"]["from"] == "source frames"

@@ -58,6 +58,8 @@ def _run_contractor(args) -> int:
         failed += f
     for job in jobs:
         job.options.update(fix_quirks=args.fix_quirks, max_missing_frames=args.max_missing_frames)
+        if args.mineclip:
+            job.options.update(mineclip=args.mineclip, device=args.device)
     summary = run_jobs(jobs, convert_recording, store, workers=_workers(args), resume=not args.no_resume,
                        progress=not args.quiet, pre_failed=failed, description="contractor")
     return _finish(summary, store)
@@ -171,6 +173,9 @@ def register(cli) -> None:
     p.add_argument("--fix-quirks", action="store_true", help="corrected line conversion instead of the original's (see docs)")
     p.add_argument("--max-missing-frames", type=int, default=0,
                    help="accept videos this many frames shorter than their jsonl (the original silently accepts any)")
+    p.add_argument("--mineclip", default=None,
+                   help="also embed while converting, from the full-resolution frames as the original did (attn.pth or .safetensors)")
+    p.add_argument("--device", default=None, help="device for --mineclip (default: cpu; with cuda use --workers 1)")
 
     p = cli.command("data convert steve1", help="STEVE-1 episode folders (frames.mp4, actions.pkl, embeds_attn.pkl)", run=_run_steve1)
     p.add_argument("src", help="folder holding STEVE-1 episode folders")

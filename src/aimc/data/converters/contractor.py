@@ -65,7 +65,13 @@ def convert_recording(job: Job, store: EpisodeStore) -> int:
 
     fix_quirks = bool(job.options.get("fix_quirks", False))
     max_missing = int(job.options.get("max_missing_frames", 0))
-    ep = load_contractor_episode(job.sources["video"], job.sources["jsonl"], fix_quirks=fix_quirks)
+    model = None
+    if job.options.get("mineclip"):
+        model = _mineclip(job.options["mineclip"], job.options.get("device"))
+    ep = load_contractor_episode(
+        job.sources["video"], job.sources["jsonl"], fix_quirks=fix_quirks,
+        mineclip_size=tuple(model.cfg.resolution) if model is not None else None,
+    )
     stats = dict(ep.stats)
     if stats.get("missing_frames", 0) > max_missing:
         raise UserError(
@@ -93,8 +99,30 @@ def convert_recording(job: Job, store: EpisodeStore) -> int:
         "policy_heads": ["buttons", "camera"],
         "env_buttons_keys": list(ENV_BUTTONS),
     }
-    store.write_episode(job.episode_id, ep.frames, actions, meta)
+    emb = valid = None
+    if model is not None:
+        from aimc.models.mineclip import embed_episode
+
+        # the original's way: MineCLIP sees the full-resolution frames (cursor drawn), resized to 160x256
+        emb, valid = embed_episode(model, ep.frames_mineclip, batch_size=int(job.options.get("batch_size", 64)),
+                                   device=job.options.get("device"))
+        meta["embeddings_info"] = {"model": "mineclip", "window": 16, "from": "source frames",
+                                   "weights": Path(job.options["mineclip"]).name}
+    store.write_episode(job.episode_id, ep.frames, actions, meta, embeddings=emb, embed_valid=valid)
     return n
+
+
+_MODELS: dict[tuple[str, str | None], object] = {}  # one MineCLIP per worker process
+
+
+def _mineclip(path: str, device: str | None):
+    key = (str(path), device)
+    if key not in _MODELS:
+        from aimc.checkpoints.mineclip import load_mineclip
+
+        model = load_mineclip(path, map_location="cpu").eval()
+        _MODELS[key] = model.to(device) if device else model
+    return _MODELS[key]
 
 
 # --------------------------------------------------------------------------- download
