@@ -191,3 +191,18 @@ def test_freeze_groups_cover_the_real_policy():
     names = {n for n, _ in p.named_parameters()}
     assert set().union(*groups.values()) == names  # every parameter belongs to a group ...
     assert sum(len(v) for v in groups.values()) == len(names)  # ... exactly one
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.trunc_t=3", "must divide data.T"),
+    ("model.freeze=[cnn,eyes]", "unknown group"),
+    ("data.min_btwn_goals=5", ">= 15"),
+    ("checkpoint.export=[.pt]", "unknown format"),
+    ("runtime.precision=fp8", "must be one of"),
+    ("schedule.warmup_frames=99999999", "below decay_end"),
+])
+def test_config_errors_name_the_setting(override, message):
+    from aimc.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny_cfg(override)

@@ -248,6 +248,7 @@ class CheckpointConfig:
         _check(self.snapshot_every_frames >= 0, "checkpoint.snapshot_every_frames must be >= 0")
         bad = [e for e in self.export if e not in (".weights", ".safetensors")]
         _check(not bad, f"checkpoint.export: unknown format {bad}; use .weights and/or .safetensors")
+        _check(bool(self.export), "checkpoint.export is empty: name at least one of .weights, .safetensors")
 
 
 @dataclass
