@@ -174,6 +174,16 @@ def test_batch_is_decoded_in_place(tmp_path):
     assert torch.equal(mixed["img"], batch["img"][:2])
 
 
+def test_episode_sharding_gives_ranks_disjoint_episodes(tmp_path):
+    store = make_store(tmp_path / "s", n_episodes=4, length=60)
+    kw = dict(T=16, min_btwn_goals=15, max_btwn_goals=20, num_items=40, shard="episodes", world_size=2)
+    seen = []
+    for r in range(2):
+        ds = SequenceDataset([store.root], rank=r, **kw)
+        seen.append({int(ds[i]["img"][0, 0, 0, 2]) for i in range(len(ds))})
+    assert seen[0] and seen[1] and not seen[0] & seen[1] and seen[0] | seen[1] == {0, 1, 2, 3}
+
+
 def test_pickles_without_open_episodes(tmp_path):
     import pickle
 

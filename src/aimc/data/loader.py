@@ -105,7 +105,9 @@ class SequenceDataset(Dataset):
     require_embeddings: episodes without embeddings are an error (else their goals are zeros of
     size goal_dim); augment: colour augmentation; cache_episodes: open episodes kept per worker;
     min_episode_frames: shortest usable episode (default, as the original: max(T, min_btwn_goals) + 15;
-    never below T + 15).
+    never below T + 15); shard: ``"stream"`` (every rank samples all episodes, from its own random
+    stream) or ``"episodes"`` (rank r also keeps only every world_size-th eligible episode of each
+    source, so ranks never share an episode).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class SequenceDataset(Dataset):
         augment: AugmentConfig | bool | None = None,
         cache_episodes: int = 64,
         min_episode_frames: int | None = None,
+        shard: str = "stream",
     ) -> None:
         check_goal_spacing(min_btwn_goals, max_btwn_goals)
         if T < 1:
@@ -137,6 +140,8 @@ class SequenceDataset(Dataset):
             raise UserError(f"p_uncond must be in [0, 1], got {p_uncond}")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} outside world_size {world_size}")
+        if shard not in ("stream", "episodes"):
+            raise UserError(f"shard must be 'stream' or 'episodes', got {shard!r}")
         if window not in ("random", "chunks"):
             raise UserError(f"window must be 'random' or 'chunks', got {window!r}")
         if not stores:
@@ -160,6 +165,8 @@ class SequenceDataset(Dataset):
         missing = []
         for s in self.sources:
             ok = np.nonzero(s.lengths >= min_len)[0]
+            if shard == "episodes":  # rank r keeps every world_size-th eligible episode
+                ok = ok[rank::world_size]
             for i in ok:
                 meta = s.store.open(s.episode_ids[i]).meta
                 if meta.get("embeddings"):
