@@ -122,3 +122,28 @@ def test_a_kill_between_the_two_renames_keeps_the_old_checkpoint(tmp_path):
     # with latest in place, an .old copy is a leftover
     (ckpt / ".old-latest.99").mkdir()
     assert clean_checkpoint_dir(ckpt) == 1 and (ckpt / "latest" / "state.pt").read_text() == "old"
+
+
+def _busy_child(run: str) -> None:
+    """Checkpoints every step, as fast as it can: kills land in the middle of writes."""
+    torch.set_num_threads(1)
+    cfg = load_config(TrainConfig, "tiny", OVERRIDES + ["schedule.n_frames=100000", "validation.every=0"])
+    torch.manual_seed(0)
+    train_policy(cfg, run, policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.45])
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, delay):
+    run = tmp_path / "run"
+    proc = mp.get_context("fork").Process(target=_busy_child, args=(str(run),))
+    proc.start()
+    latest = run / "checkpoints" / "latest"
+    deadline = time.time() + 60
+    while not (latest.exists() or list((run / "checkpoints").glob(".old-*"))) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    clean_checkpoint_dir(run / "checkpoints")
+    saved = load_checkpoint(latest)
+    assert saved["progress"].step >= 1 and set(saved["model"]) == set(TinyPolicy().state_dict())
