@@ -194,7 +194,8 @@ class SequenceDataset(Dataset):
         self._probs = source_probabilities(usable, [s.weight for s in self.sources])
         self.usable_frames = int(sum(usable))
         if num_items is None:
-            num_items = max(1, self.usable_frames // (T * world_size))
+            # usable_frames is already this rank's share when episodes are sharded
+            num_items = max(1, self.usable_frames // (T * (1 if shard == "episodes" else world_size)))
         self.num_items = num_items
         first = next(i for i, ok in enumerate(self._eligible) if len(ok))
         src0 = self.sources[first]
