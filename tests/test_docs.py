@@ -582,8 +582,11 @@ def test_chinese_pages_match_their_english_originals(zh_page: Path):
 # --------------------------------------------------------------------------- tests: runnable
 
 SHIM = '''\
+import os
 import sys
+
 from aimc.cli import build_cli, main
+
 
 def _subs(p):
     for a in p._actions:
@@ -591,20 +594,26 @@ def _subs(p):
             return a.choices
     return {{}}
 
-argv = sys.argv[1:]
-parser = build_cli().parser
-for tok in argv:
-    subs = _subs(parser)
-    if tok.startswith("-") or tok not in subs:
-        break
-    parser = subs[tok]
-if "--fast" in parser._option_string_actions and "--fast" not in argv and not ({{"-h", "--help"}} & set(argv)):
-    argv = argv + ["--fast"]
-done = {done!r}
-if argv == done and __import__("os").path.exists({marker!r}):
-    print("aimc " + " ".join(argv) + ": already run once for this docs test session")
-    sys.exit(0)
-sys.exit(main(argv))
+
+def _argv():
+    argv = sys.argv[1:]
+    parser = build_cli().parser
+    for tok in argv:
+        subs = _subs(parser)
+        if tok.startswith("-") or tok not in subs:
+            break
+        parser = subs[tok]
+    if "--fast" in parser._option_string_actions and "--fast" not in argv and not ({{"-h", "--help"}} & set(argv)):
+        argv = argv + ["--fast"]
+    return argv
+
+
+if __name__ == "__main__":  # worker processes (spawn) import this file again
+    argv = _argv()
+    if argv == {done!r} and os.path.exists({marker!r}):
+        print("aimc " + " ".join(argv) + ": already run once for this docs test session")
+        sys.exit(0)
+    sys.exit(main(argv))
 '''
 
 QUICKSTART_ARGV = ["quickstart", "--fast"]
