@@ -19,7 +19,6 @@ from aimc.actions.minecraft import ENV_BUTTONS, env_to_policy
 from aimc.cli import main as cli_main
 from aimc.data.converters.base import QUARANTINE_FILE, run_jobs
 from aimc.data.converters.contractor import convert_recording, download_recordings, find_recordings
-from aimc.data.converters.custom import convert_custom_episode, find_custom_episodes
 from aimc.data.converters.steve1 import convert_episode_folder, find_episodes
 from aimc.data.store import EpisodeStore
 
