@@ -19,6 +19,7 @@ from aimc.actions.minecraft import ENV_BUTTONS, env_to_policy
 from aimc.cli import main as cli_main
 from aimc.data.converters.base import QUARANTINE_FILE, run_jobs
 from aimc.data.converters.contractor import convert_recording, download_recordings, find_recordings
+from aimc.data.converters.custom import convert_custom_episode, find_custom_episodes
 from aimc.data.converters.steve1 import convert_episode_folder, find_episodes
 from aimc.data.store import EpisodeStore
 
@@ -270,3 +271,40 @@ def test_check_stats_split_commands(tmp_path, capsys):
     chunk.write_bytes(chunk.read_bytes()[:50])
     assert cli_main(["data", "check", store_dir]) == 1
     assert "r1" in capsys.readouterr().out
+
+
+def test_killed_conversion_leaves_whole_episodes_and_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "mine"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        d = src / f"ep{i}"
+        d.mkdir(parents=True)
+        write_video(d / "v.mp4", rng.integers(0, 255, (600, 32, 32, 3), dtype=np.uint8))
+        np.savez(d / "actions.npz", action=rng.integers(0, 17, 600))
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "aimc.cli", "data", "convert", "custom", str(src), str(out), "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if any((out / f"ep{i}" / "meta.json").is_file() for i in range(4)) and list(out.glob(".tmp-*")):
+                break  # one episode done, the next one half written
+            time.sleep(0.003)
+        assert proc.poll() is None, "the conversion finished before it could be interrupted"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = EpisodeStore(out)
+    done = store.episode_ids()
+    assert 1 <= len(done) < 4 and all(store.open(e).verify(deep=True) == [] for e in done)
+    again = run_jobs(find_custom_episodes(src)[0], convert_custom_episode, store, workers=1, progress=False)
+    assert again.skipped == len(done) and again.converted == 4 - len(done) and not again.failed
+    assert store.episode_ids() == [f"ep{i}" for i in range(4)] and not list(out.glob(".tmp-*"))
