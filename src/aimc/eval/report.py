@@ -346,7 +346,8 @@ def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
 
     if any(e.get("lift") for r in runs for e in r.summary["tasks"].values()):
         parts.append("<h2 id=\"lift\">Instruction following: lift over the unconditioned policy</h2>"
-                     "<p>lift(g) = success(g | instructed g) - success(g | no instruction), same worlds.</p>")
+                     "<p>lift(g) = success(g | instructed g) - success(g | no instruction), same worlds. "
+                     "Bars: success <b>without</b> instruction.</p>")
         parts.append(svg_bars(tasks, runs, "unconditioned").replace('aria-label="success rates"', 'aria-label="unconditioned"'))
         parts.append("<table><tr><th>task</th>" + "".join(f"<th>{_esc(r.name)} lift</th>" for r in runs) + "</tr>")
         for tid in tasks:
@@ -358,7 +359,8 @@ def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
                     from aimc.eval.metrics import Delta
 
                     d = Delta(lift["diff"], lift["low"], lift["high"], lift["p_value"])
-                    row += _delta_cell(d)[:-5] + (" (disjoint)" if e.get("lift_disjoint") else "") + "</td>"
+                    holm = f", Holm p={lift['p_holm']:.3f}" if lift.get("p_holm") is not None else ""
+                    row += _delta_cell(d)[:-5] + holm + (" (disjoint)" if e.get("lift_disjoint") else "") + "</td>"
                 else:
                     row += '<td class="muted">-</td>'
             parts.append(row + "</tr>")
