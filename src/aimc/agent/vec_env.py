@@ -17,8 +17,6 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from aimc.agent.envs import EpisodeLost, EvalEnv, make_env
 
 
@@ -28,9 +26,6 @@ class EnvCrash:
 
     slot: int
     message: str
-
-
-StepResult = "tuple[np.ndarray, dict[str, float], bool] | EnvCrash"
 
 
 class _SlotEnvs:
@@ -89,9 +84,11 @@ class SyncVecEnv:
         self._envs = _SlotEnvs()
 
     def reset(self, slot: int, cfg: dict, seed: int) -> Any:
+        """-> (frame (H, W, 3) uint8, measures) or EnvCrash."""
         return self._envs.reset(slot, cfg, seed)
 
     def step(self, actions: dict[int, dict]) -> dict[int, Any]:
+        """{slot: action} -> {slot: (frame, measures, done) or EnvCrash}."""
         return self._envs.step(actions)
 
     def close(self) -> None:
