@@ -40,6 +40,16 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     assert list((run / "eval").glob("videos/*.mp4"))
     assert "collect_wood" in (run / "summary.md").read_text()
 
-    # a second call finds every stage done and only prints the table again
-    assert main(["quickstart", "--fast", "--out", str(run), "--quiet"]) == 0
-    assert json.loads((run / "quickstart.json").read_text())["results"]["generate"] == state["results"]["generate"]
+    # a second call finds every stage done; --finetune then records the weakest skill,
+    # fine-tunes from the quickstart's policy and compares before/after
+    assert main(["quickstart", "--fast", "--finetune", "--out", str(run), "--quiet"]) == 0
+    state2 = json.loads((run / "quickstart.json").read_text())
+    assert state2["results"]["generate"] == state["results"]["generate"]
+    ft = state2["finetune"]
+    assert ft["skill"] in ("make_wood_pickaxe", "place_table", "collect_stone", "place_plant", "eat_cow", "collect_drink")
+    assert EpisodeStore(run / "finetune" / "store").episode_ids()
+    assert (run / "finetune" / "policy" / "final.safetensors").is_file()
+    assert (run / "finetune" / "compare" / "report.html").is_file()
+    assert (run / "finetune" / "eval_before" / "results.jsonl").is_file()
+    assert (run / "finetune" / "eval_after" / "results.jsonl").is_file()
+    assert "fine-tuned on" in capsys.readouterr().out

@@ -342,11 +342,14 @@ def stage_prior(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
 
 
 def _agent(run: Path, results: dict, cond_scale: float, seed: int):
-    from aimc.agent.commands import build_agent
+    from aimc.agent.commands import add_agent_arguments, build_agent
 
-    args = argparse.Namespace(weights=results["policy"]["weights"], model=None,
-                              mineclip=str(run / "mineclip" / "mineclip.safetensors"), prior=results["prior"]["path"],
-                              cond_scale=cond_scale, greedy=False, deterministic_prior=False, device="cpu", bf16=False, seed=seed)
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)  # the same flags (and defaults) as aimc eval
+    args = parser.parse_args(["--weights", str(results["policy"]["weights"]),
+                              "--mineclip", str(run / "mineclip" / "mineclip.safetensors"),
+                              "--prior", str(results["prior"]["path"]), "--cond-scale", str(cond_scale),
+                              "--device", "cpu", "--seed", str(seed)])
     return build_agent(args, need_text=True)
 
 
@@ -374,6 +377,106 @@ def stage_eval(run: Path, plan: QuickstartPlan, display: _Display, results: dict
     return {"dir": str(run / "eval"), "episodes": n_jobs, "seconds": time.time() - t0, "summary": summary}
 
 
+def weakest_skill(summary: dict, candidates: tuple[str, ...] = ("make_wood_pickaxe", "place_table", "collect_stone",
+                                                                   "place_plant", "eat_cow", "collect_drink")) -> str:
+    """The instruction the agent follows worst (lowest success when instructed) among ``candidates``."""
+    rates = {}
+    for tid, e in summary.get("tasks", {}).items():
+        ins = e.get("instructed") or {}
+        if tid in candidates and ins.get("n"):
+            rates[tid] = float(ins["rate"])
+    if not rates:
+        return candidates[0]
+    return min(candidates, key=lambda t: (rates.get(t, 2.0), candidates.index(t)))
+
+
+def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: float, progress: bool) -> dict:
+    """Record the weakest skill, fine-tune on 80 % old + 20 % new data, compare before/after."""
+    from aimc.data.embed import embed_store
+    from aimc.data.split import make_split
+    from aimc.data.store import EpisodeStore
+    from aimc.envs.goals import EventGoalBatches, MixedBatches
+    from aimc.envs.record import generate_crafter_store
+    from aimc.eval.report import compare, write_summary
+    from aimc.eval.runner import run_suite
+    from aimc.eval.suite import load_suite
+    from aimc.train.policy import train_policy
+
+    t0 = time.time()
+    deadline = t0 + minutes * 60.0
+    ft = run / "finetune"
+    skill = weakest_skill(results["eval"]["summary"])
+    state_path = ft / "finetune.json"
+    done = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    fast = plan.policy_preset == "crafter_fast"
+    with _Display(progress) as display:
+        for s in STAGES:
+            if s not in ("generate", "embed", "policy", "eval"):
+                display.done(s, "(from the quickstart)")
+        # 1. a small dataset of the skill: the demonstrator pinned to it, on new worlds
+        display.start("generate", skill)
+        n_eps = 4 if fast else max(10, plan.episodes // 8)
+        g = generate_crafter_store(ft / "store", n_eps, plan.max_steps, plan.workers, 500_000 + plan.seed, 64, None, skill,
+                                   lambda e, n: display.update("generate", 0.0, f"{skill}: {e}"),
+                                   time_limit_s=0.0 if fast else 0.2 * minutes * 60)
+        display.done("generate", f"{skill}: {g['episodes']} episodes, {g['frames']:,} frames")
+        display.start("embed")
+        from aimc.checkpoints.mineclip import load_mineclip
+
+        store = EpisodeStore(ft / "store")
+        embed_store(store, load_mineclip(run / "mineclip" / "mineclip.safetensors"), batch_size=256, device="cpu",
+                    info={"model": "quickstart mineclip"}, progress=False)
+        make_split(store, val_fraction=0.2 if len(store.episode_ids()) > 2 else 0.0, seed=plan.seed, command="aimc quickstart --finetune")
+        display.done("embed", f"{g['frames']:,} frames")
+        # 2. fine-tune from the quickstart's policy with the finetune preset scaled down
+        display.start("policy", "fine-tuning")
+        from aimc.config import load_config
+        from aimc.train.config import TrainConfig
+
+        preset = "crafter_fast" if fast else "crafter_finetune"
+        over = [f"data.stores=[{run / 'store'},{ft / 'store'}]", "data.weights=[0.8,0.2]", f"model.goal_dim={_goal_dim(run)}",
+                f"model.init={results['policy']['weights']}", "logging.progress=false", f"runtime.seed={plan.seed}"]
+        if fast:
+            over.append("schedule.n_frames=320")
+        else:
+            cfg0 = load_config(TrainConfig, preset, over)
+            per_step = _seconds_per_step(cfg0) * 1.15
+            seconds = max(30.0, deadline - time.time() - 240.0)
+            frames = max(20, int(seconds / per_step)) * cfg0.frames_per_step()
+            over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 20)}"]
+        cfg = load_config(TrainConfig, preset, over)
+        if "policy" not in done:
+            old_tr, old_val = event_sources(run / "store", cfg)
+            new_tr, _ = event_sources(ft / "store", cfg)
+            train = MixedBatches([old_tr, new_tr], [0.8, 0.2], seed=plan.seed)
+            done["policy"] = str(train_policy(cfg, ft / "policy", train_data=train, val_data=old_val))
+            atomic_json(state_path, done)
+        display.done("policy", f"{cfg.schedule.n_frames:,} frames")
+        # 3. before/after on the same held-out worlds, then aimc compare
+        display.start("eval", "before / after")
+        suite = load_suite("crafter-core")
+        tasks = [skill] + [t for t in ("collect_wood", "place_table", "collect_drink") if t != skill]
+        suite = suite.select(tasks[:2] if fast else tasks)
+        suite = replace(suite, max_steps=min(suite.max_steps, plan.eval_max_steps),
+                        tasks=tuple(replace(t, max_steps=min(t.max_steps, plan.eval_max_steps)) for t in suite.tasks))
+        episodes = 1 if fast else 6
+        before = _agent(run, results, plan.cond_scale, plan.seed)
+        after = _agent(run, {**results, "policy": {"weights": done["policy"]}}, plan.cond_scale, plan.seed)
+        for name, agent in (("before", before), ("after", after)):
+            run_suite(suite, agent, ft / f"eval_{name}", episodes=episodes, num_envs=8, videos=plan.eval_videos, progress=False)
+            write_summary(ft / f"eval_{name}", suite)
+        html, md = compare([ft / "eval_before", ft / "eval_after"], ft / "compare", ["quickstart", f"fine-tuned on {skill}"])
+        display.done("eval", f"report {html}")
+    return {"skill": skill, "frames": g["frames"], "weights": done["policy"], "report": str(html), "markdown": str(md),
+            "seconds": time.time() - t0}
+
+
+def atomic_json(path: Path, data: dict) -> None:
+    from aimc.utils.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
 # ---------------------------------------------------------------------------- the whole run
 
 
@@ -389,7 +492,7 @@ def _save_state(run: Path, state: dict) -> None:
 
 
 def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, workers: int = 2, seed: int = 0,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, finetune: bool = False) -> dict:
     """Run every stage under ``out``; returns {stage: result} (also in ``out/quickstart.json``)."""
     import torch
 
@@ -405,11 +508,13 @@ def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, w
     t_start = time.time()
     deadline = t_start + minutes * 60.0
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 * workers)))
+    ran = False
     with _Display(progress) as display:
         for stage in STAGES:
             if stage in results:
                 display.done(stage, "(done before)")
                 continue
+            ran = True
             display.start(stage)
             if stage == "generate":
                 results[stage] = stage_generate(run, plan, display)
@@ -432,8 +537,12 @@ def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, w
                 note = f"{results[stage]['episodes']} episodes"
             _save_state(run, state)
             display.done(stage, note)
-    state["seconds"] = time.time() - t_start
+    if ran or "seconds" not in state:
+        state["seconds"] = state.get("seconds", 0.0) * (not ran) + time.time() - t_start
     _save_state(run, state)
+    if finetune and "finetune" not in state:
+        state["finetune"] = stage_finetune(run, plan, results, minutes * 0.5, progress)
+        _save_state(run, state)
     text = summary_text(run, state)
     from aimc.utils.io import atomic_write_text
 
@@ -467,6 +576,10 @@ def summary_text(run: Path, state: dict) -> str:
               f"Policy weights: {r['policy']['weights']}",
               f"Try it: aimc run --weights {r['policy']['weights']} --mineclip {run / 'mineclip' / 'mineclip.safetensors'} "
               f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale 0.5 --video {run / 'place_table.mp4'}"]
+    if state.get("finetune"):
+        f = state["finetune"]
+        lines += ["", f"Fine-tuned on {f['skill']} ({f['frames']:,} new frames, 80 % old / 20 % new): {f['weights']}",
+                  f"Before/after report: {f['report']} (markdown: {f['markdown']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -478,8 +591,10 @@ def _rate(entry: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     state = run_quickstart(args.out, minutes=args.minutes, fast=args.fast, workers=args.workers, seed=args.seed,
-                           progress=not args.quiet)
+                           progress=not args.quiet, finetune=args.finetune)
     print(summary_text(Path(args.out), state))
+    if state.get("finetune"):
+        print(Path(state["finetune"]["markdown"]).read_text(encoding="utf-8"))
     return 0
 
 
@@ -492,4 +607,7 @@ def register(cli) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory (an interrupted run continues)")
     p.add_argument("--workers", type=int, default=2, help="processes for recording demonstrations")
     p.add_argument("--seed", type=int, default=0, help="seed of world generation, sampling and initialisation")
+    p.add_argument("--finetune", action="store_true",
+                   help="afterwards: record the skill the agent is weakest at, fine-tune on it, compare before/after "
+                        "(about half the --minutes budget more)")
     p.add_argument("--quiet", action="store_true", help="no progress display")

@@ -169,3 +169,33 @@ def _episode_events(ep) -> list[tuple[int, str, bool]]:
         events.append((f, str(e)))
     ends = {(int(s[1]), str(s[2])) for s in ep.meta.get("goal_segments", [])}
     return [(f, e, (f, e) in ends) for f, e in sorted(events)]
+
+
+class MixedBatches:
+    """Several batch sources mixed by weight, item by item (the 80 % old / 20 % new recipe).
+
+    Batch ``k`` draws, for each of its rows, a source with probability ``weights`` and takes a
+    row from that source's batch stream; stateless by index like its sources.
+    """
+
+    def __init__(self, sources: list[EventGoalBatches], weights: list[float], seed: int = 0) -> None:
+        if not sources or len(sources) != len(weights) or min(weights) < 0 or sum(weights) <= 0:
+            raise UserError("MixedBatches needs one non-negative weight per source, with a positive sum")
+        self.sources = sources
+        self.p = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.seed = seed
+        self.cfg = sources[0].cfg
+
+    def batch(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, 7, int(index)])
+        B = self.cfg.batch_size
+        which = rng.choice(len(self.sources), size=B, p=self.p)
+        items = [self.sources[int(w)].item(rng) for w in which]
+        first = np.zeros((B, self.cfg.T), dtype=bool)
+        first[:, 0] = True
+        return {
+            "img": torch.from_numpy(np.stack([x["img"] for x in items])),
+            "goal": torch.from_numpy(np.stack([x["goal"] for x in items])),
+            "actions": {k: torch.from_numpy(np.stack([x["actions"][k] for x in items])) for k in items[0]["actions"]},
+            "first": torch.from_numpy(first),
+        }
