@@ -5,7 +5,7 @@ set -euo pipefail
 out=${1:-.}
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 benchmarks/act.py --config 2x --envs 1,64,256 --iters 40 --warmup 8 --json "$out/act_2x.json" 2>&1 | tee "$out/act_2x.log"
+python3 benchmarks/act.py --config 2x --envs 1,64,256 --iters 30 --warmup 5 --json "$out/act_2x.json" 2>&1 | tee "$out/act_2x.log"
 python3 - <<'PY' 2>&1 | tee "$out/agent_cuda.log"
 import numpy as np, torch
 from aimc.agent.agent import Agent
