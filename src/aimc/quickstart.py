@@ -208,11 +208,11 @@ def _seconds_per_step(cfg) -> float:
 
     policy = build_policy(cfg)
     B, T = cfg.optim.batch_size, cfg.optim.trunc_t
-    h, w, _ = policy.config.img_shape
+    h, w, _ = policy.cfg.img_shape
     img = torch.randint(0, 255, (B, T, h, w, 3), dtype=torch.uint8)
     goal = torch.randn(B, T, cfg.model.goal_dim)
     first = torch.zeros(B, T, dtype=torch.bool)
-    acts = {k: torch.zeros(B, T, dtype=torch.long) for k in policy.config.action_heads}
+    acts = {k: torch.zeros(B, T, dtype=torch.long) for k in policy.cfg.action_heads}
     opt = torch.optim.AdamW(policy.parameters(), 1e-4)
     times = []
     for _ in range(3):
