@@ -200,8 +200,8 @@ def _policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int |
     return load_config(TrainConfig, plan.policy_preset, over)
 
 
-def _seconds_per_step(cfg) -> float:
-    """Time one optimizer step of the policy on synthetic data (to fit the time budget)."""
+def _seconds_per_step(cfg, batches=None) -> float:
+    """Time optimizer steps of the policy (with real batches when given) to fit the time budget."""
     import torch
 
     from aimc.train.policy import build_policy
@@ -209,21 +209,22 @@ def _seconds_per_step(cfg) -> float:
     policy = build_policy(cfg)
     B, T = cfg.optim.batch_size, cfg.optim.trunc_t
     h, w, _ = policy.cfg.img_shape
-    img = torch.randint(0, 255, (B, T, h, w, 3), dtype=torch.uint8)
-    goal = torch.randn(B, T, cfg.model.goal_dim)
-    first = torch.zeros(B, T, dtype=torch.bool)
-    acts = {k: torch.zeros(B, T, dtype=torch.long) for k in policy.cfg.action_heads}
+    synthetic = {"img": torch.randint(0, 255, (B, T, h, w, 3), dtype=torch.uint8),
+                 "goal": torch.randn(B, T, cfg.model.goal_dim), "first": torch.zeros(B, T, dtype=torch.bool),
+                 "actions": {k: torch.zeros(B, T, dtype=torch.long) for k in policy.cfg.action_heads}}
     opt = torch.optim.AdamW(policy.parameters(), 1e-4)
     times = []
-    for _ in range(3):
+    for k in range(4):
         t0 = time.time()
-        logits, _, _ = policy(img, goal, first, policy.initial_state(B))
-        loss = -policy.log_prob(logits, acts).mean()
+        b = batches.batch(10_000_000 + k) if batches is not None else synthetic
+        b = {n: (v[:, :T] if not isinstance(v, dict) else {a: x[:, :T] for a, x in v.items()}) for n, v in b.items()}
+        logits, _, _ = policy(b["img"], b["goal"], b["first"], policy.initial_state(B))
+        loss = -policy.log_prob(logits, b["actions"]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        # a batch serves data.T // trunc_t steps' chunks: count its cost once per sequence
         times.append(time.time() - t0)
-    # x chunks per sequence / grad accum: frames_per_step covers B * trunc_t * grad_accum
     return float(np.median(times[1:])) * cfg.optim.grad_accum
 
 
@@ -234,7 +235,9 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
     frames = plan.policy_frames
     if not frames:
         cfg0 = _policy_config(run, plan, goal_dim, None)
-        per_step = _seconds_per_step(cfg0) * 1.15  # data loading and logging on top of the step
+        batches = event_sources(run / "store", cfg0)[0] if plan.relabel == "events" else None
+        # x1.5: validation, logging and other processes on a shared machine
+        per_step = _seconds_per_step(cfg0, batches) * 1.5
         seconds = max(30.0, deadline - time.time() - reserve_s)
         steps = max(20, int(seconds / per_step))
         frames = steps * cfg0.frames_per_step()
