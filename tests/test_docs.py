@@ -634,7 +634,8 @@ def _run(script: str, wd: Workdir, timeout: float) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="session")
 def docs_workdir(tmp_path_factory) -> Workdir:
-    """A temp working dir where `aimc quickstart --fast` has run once, shared by every block."""
+    """A temp working dir where `aimc quickstart --fast` has run once, shared by every block
+    (blocks run in document order; the repository's scripts/ and benchmarks/ are linked in)."""
     root = tmp_path_factory.mktemp("docs-run")
     (root / "home").mkdir()
     bindir = root / ".bin"
@@ -654,6 +655,10 @@ def docs_workdir(tmp_path_factory) -> Workdir:
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
     )
+    # Docs run repository scripts by relative path (python scripts/..., benchmarks/...).
+    for name in ("scripts", "benchmarks"):
+        if (REPO / name).is_dir():
+            (root / name).symlink_to(REPO / name, target_is_directory=True)
     wd = Workdir(root, env)
     if "quickstart" not in subcommands(cli_root()):
         pytest.fail("the docs have runnable blocks but `aimc quickstart` does not exist")
