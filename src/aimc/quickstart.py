@@ -495,13 +495,17 @@ def _save_state(run: Path, state: dict) -> None:
 
 
 def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, workers: int = 2, seed: int = 0,
-                   progress: bool = True, finetune: bool = False) -> dict:
-    """Run every stage under ``out``; returns {stage: result} (also in ``out/quickstart.json``)."""
+                   progress: bool = True, finetune: bool = False, plan_overrides: dict | None = None) -> dict:
+    """Run every stage under ``out``; returns {stage: result} (also in ``out/quickstart.json``).
+
+    ``plan_overrides`` replaces fields of the :class:`QuickstartPlan` made from ``minutes`` and
+    ``fast`` (e.g. ``{"policy_frames": 400_000}`` for a fixed amount of training).
+    """
     import torch
 
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(minutes, fast, workers, seed)
+    plan = replace(make_plan(minutes, fast, workers, seed), **(plan_overrides or {}))
     state = _load_state(run)
     if state.get("plan") and state["plan"].get("policy_preset") != plan.policy_preset:
         raise UserError(f"{run} holds a quickstart run with other settings ({'--fast' if not fast else 'not --fast'}); "
