@@ -684,3 +684,21 @@ def test_runnable_block_executes(block: Block, docs_workdir: Workdir):
         f"{block.id}: exited with {res.returncode} in {docs_workdir.root}\n"
         f"--- block ---\n{block.text}\n--- output (tail) ---\n{(res.stdout + res.stderr)[-4000:]}"
     )
+
+
+def test_every_figure_says_where_it_was_measured():
+    """An image in the docs is followed (within a few lines) by where it was measured/produced."""
+    problems = []
+    for path in doc_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", line):
+                after = " ".join(lines[i + 1:i + 8]).lower()
+                if not re.search(r"measured|produced|测得|测量", after):
+                    problems.append(f"{path.relative_to(REPO)}:{i + 1}: figure {target} does not say where it was measured")
+    img = REPO / "docs" / "img"
+    used = " ".join(p.read_text(encoding="utf-8") for p in doc_files())
+    for f in sorted(img.glob("*")) if img.is_dir() else []:
+        if f.name not in used:
+            problems.append(f"docs/img/{f.name} is not used by any page")
+    assert not problems, "\n".join(problems)
