@@ -9,7 +9,7 @@ batch, with one change: captions of the same event (annotation key ``event``, el
 text) are all positives for each other, because a batch of a small world holds many clips
 of the same thing and calling them negatives would teach noise.
 
-    cfg = load_config(MineCLIPTrainConfig, "mineclip_crafter")
+    cfg = load_config(MineCLIPTrainConfig, None, ["store=runs/quickstart/store", "steps=2000"])
     model_path = train_mineclip(cfg, "runs/embedder")        # -> runs/embedder/mineclip.safetensors
 
 The run directory holds ``config.yaml``, ``metrics.jsonl``, ``tb/`` and the model
