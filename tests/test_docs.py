@@ -702,3 +702,11 @@ def test_every_figure_says_where_it_was_measured():
         if f.name not in used:
             problems.append(f"docs/img/{f.name} is not used by any page")
     assert not problems, "\n".join(problems)
+
+
+def test_chinese_pages_are_exact_about_prompt_language():
+    """Chinese readers are told that the official MineCLIP text encoder only knows English, so
+    Chinese prompts need an embedder trained on Chinese captions (like the built-in world's)."""
+    pages = [REPO / "README.zh-CN.md", *sorted((REPO / "docs" / "zh").glob("*.md"))]
+    missing = [str(p.relative_to(REPO)) for p in pages if p.exists() and "只用英文训练" not in p.read_text(encoding="utf-8")]
+    assert not missing, f"these pages do not say that the official MineCLIP text encoder was trained on English only: {missing}"
