@@ -43,7 +43,10 @@ class EventGoalConfig:
     sequence's goals are zero. min_btwn_goals / max_btwn_goals: STEVE-1 goal spacing used
     to fill gaps between events (min >= 15: the first 15 frames have no embedding).
     jitter: anchors are moved 0..jitter frames after the event. rarity_power: how strongly
-    frequent events are thinned (0 = keep all). seed: the batch stream (batch k from rng(seed, k)).
+    frequent events are thinned (0 = keep all). standardize: feed goals as (e - mean) / std per
+    dimension over the store's valid frames (see :func:`goal_statistics`); a small embedder's
+    raw embeddings share a large common component that hides the goal. The prior must then be
+    trained on standardized embeddings too. seed: the batch stream (batch k from rng(seed, k)).
     """
 
     T: int = 64
@@ -53,6 +56,7 @@ class EventGoalConfig:
     max_btwn_goals: int = 60
     jitter: int = 3
     rarity_power: float = 1.0
+    standardize: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +106,11 @@ class EventGoalBatches:
         lengths = np.asarray([len(f) - cfg.T + 1 for f in self.frames], dtype=np.float64)
         self._p = lengths / lengths.sum()
         self.goal_dim = int(self.emb[0].shape[1])
+        self.goal_mean = np.zeros(self.goal_dim, np.float32)
+        self.goal_std = np.ones(self.goal_dim, np.float32)
+        if cfg.standardize:
+            self.goal_mean, self.goal_std = goal_statistics(self.emb, self.valid)
+            self.emb = [((e - self.goal_mean) / self.goal_std).astype(np.float32) for e in self.emb]
         self.num_frames = int(sum(len(f) for f in self.frames))
 
     def anchors(self, rng: np.random.Generator, i: int) -> np.ndarray:
@@ -154,6 +163,12 @@ class EventGoalBatches:
             "actions": {k: torch.from_numpy(np.stack([x["actions"][k] for x in items])) for k in items[0]["actions"]},
             "first": torch.from_numpy(first),
         }
+
+
+def goal_statistics(embs: list[np.ndarray], valids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (float32 (D,)) of the valid goal embeddings of episodes."""
+    allv = np.concatenate([e[v] for e, v in zip(embs, valids)]).astype(np.float64)
+    return allv.mean(0).astype(np.float32), (allv.std(0) + 1e-6).astype(np.float32)
 
 
 def _episode_events(ep) -> list[tuple[int, str, bool]]:
