@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from aimc.checkpoints.keys import compare_state_dicts, list_keys
 from aimc.checkpoints.safe_load import load_torch_file
 from aimc.errors import UserError
 from aimc.models.mineclip import MineCLIP, MineCLIPConfig
@@ -36,11 +37,6 @@ CONFIG_METADATA_KEY = "aimc_mineclip_config"
 
 class CheckpointMismatchError(UserError):
     """The file's keys or shapes do not fit the model built from the config."""
-
-
-def _describe(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def md5sum(path: str | Path) -> str:
@@ -61,7 +57,7 @@ def official_to_state_dict(ckpt: object, source: str = "checkpoint") -> dict[str
     out = {k[len(PREFIX):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(PREFIX)}
     if not out:
         raise UserError(
-            f"{source}: no keys start with '{PREFIX}' (found e.g. {_describe(sorted(map(str, sd))[:3])}); "
+            f"{source}: no keys start with '{PREFIX}' (found e.g. {list_keys(sorted(map(str, sd))[:3])}); "
             "this is not a MineCLIP attn.pth checkpoint"
         )
     for k, v in out.items():
@@ -81,19 +77,10 @@ def load_state_dict_strict(model: MineCLIP, sd: dict[str, torch.Tensor], source:
     for alias, first in alias_map(model).items():
         if alias not in sd and first in sd:
             sd[alias] = sd[first]
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} (model: {tuple(own[k].shape)})" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_describe(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_describe(unexpected)}")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es): {_describe(wrong, 4)}")
+    mismatch = compare_state_dicts(own, sd)
+    if mismatch:
         raise CheckpointMismatchError(
-            f"{source} does not fit MineCLIP({model.cfg}): " + "; ".join(parts)
+            f"{source} does not fit MineCLIP({model.cfg}): " + mismatch.describe()
             + ". Check that the config matches the checkpoint (MineCLIPConfig.official() for attn.pth)."
         )
     model.load_state_dict(sd, strict=True)

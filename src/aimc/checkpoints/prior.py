@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from aimc.checkpoints.keys import compare_state_dicts
 from aimc.checkpoints.safe_load import load_torch_file
 from aimc.errors import UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
@@ -60,19 +61,9 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], source: str = "checkpoin
 
 
 def load_state_dict_strict(model: PriorCVAE, sd: dict[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} (model: {tuple(own[k].shape)})" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:8])}")
-        if wrong:
-            parts.append(f"shape mismatches: {', '.join(wrong[:4])}")
-        raise PriorCheckpointError(f"{source} does not fit PriorCVAE({model.cfg}): " + "; ".join(parts))
+    mismatch = compare_state_dicts(model.state_dict(), sd)
+    if mismatch:
+        raise PriorCheckpointError(f"{source} does not fit PriorCVAE({model.cfg}): " + mismatch.describe())
     model.load_state_dict(sd, strict=True)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from aimc.checkpoints.keys import compare_state_dicts
 from aimc.checkpoints.safe_load import load_plain_pickle, load_torch_file
 from aimc.config import ConfigError, load_config, save_config, to_dict
 from aimc.errors import UserError
@@ -180,10 +181,6 @@ def _likely_cause(missing: list[str], unexpected: list[str], misshapen: list[str
     return "; ".join(hints)
 
 
-def _fmt(keys: list[str], n: int = 8) -> str:
-    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
 def load_state_dict_into(
     policy: STEVE1Policy,
     sd: dict[str, torch.Tensor],
@@ -200,23 +197,11 @@ def load_state_dict_into(
     """
     sd = official_to_policy_state_dict(sd, source)
     model_sd = policy.state_dict()
-    missing = [k for k in model_sd if k not in sd]
-    unexpected = [k for k in sd if k not in model_sd]
-    misshapen = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(model_sd[k].shape)}"
-        for k in model_sd
-        if k in sd and sd[k].shape != model_sd[k].shape
-    ]
+    mismatch = compare_state_dicts(model_sd, sd)
+    missing, unexpected, misshapen = mismatch.missing, mismatch.unexpected, mismatch.misshapen
     goal_only = bool(missing) and set(missing) <= set(GOAL_KEYS) and not unexpected and not misshapen
-    if missing or unexpected or misshapen:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {_fmt(unexpected)}")
-        if misshapen:
-            parts.append(f"misshapen {len(misshapen)} (file vs policy): {_fmt(misshapen, 5)}")
-        msg = f"{source}: the weights do not fit the policy: " + "; ".join(parts)
+    if mismatch:
+        msg = f"{source}: the weights do not fit the policy: " + mismatch.describe()
         msg += ". Likely cause: " + _likely_cause(missing, unexpected, misshapen, sd, model_sd)
         if goal_only and allow_missing_goal:
             warnings.warn(
@@ -228,7 +213,7 @@ def load_state_dict_into(
             raise WeightsMismatchError(msg)
         else:
             warnings.warn(msg + " (loaded the rest, strict=False)", stacklevel=2)
-    bad_shapes = {m.split(" ")[0] for m in misshapen}
+    bad_shapes = mismatch.misshapen_keys
     usable = {k: v for k, v in sd.items() if k in model_sd and k not in bad_shapes}
     with torch.no_grad():
         for k, v in usable.items():
