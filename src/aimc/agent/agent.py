@@ -11,7 +11,7 @@ Acting uses classifier-free guidance in one batched forward: the recurrent state
 conditional and an unconditional row per environment, and the policy mixes their scores as
 ``(1 + s) * cond - s * uncond`` with ``s = cond_scale`` (see ``STEVE1Policy.act``).
 
-    agent = Agent.load("run/checkpoints/last.safetensors", mineclip="mineclip.safetensors",
+    agent = Agent.load("run/final.safetensors", mineclip="mineclip.safetensors",
                        prior="prior.safetensors", cond_scale=6.0)
     agent.reset(batch_size=4)
     goals = agent.text_goals(["chop a tree"] * 4, seeds=[0, 1, 2, 3])   # (4, D)

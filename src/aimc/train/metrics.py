@@ -1,6 +1,6 @@
 """Where training numbers go: ``metrics.jsonl``, TensorBoard, and a live progress line.
 
-TensorBoard tags (the monitoring guide in docs/finetuning.md relies on them):
+TensorBoard tags (the monitoring guide in docs/monitoring.md relies on them):
 
     train/loss  train/lr  train/grad_norm  train/weight_norm  train/frames_per_s
     train/uncond_fraction  val/loss  sys/gpu_mem_gib
@@ -12,6 +12,7 @@ Every record in ``metrics.jsonl`` is one JSON object with ``step``, ``frames``,
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 import warnings
@@ -82,6 +83,8 @@ class MetricsLogger:
             return
         self.last.update(values)
         record = {"step": progress.step, "frames": progress.frames, "time": round(progress.wall_seconds, 3), **values}
+        # strict JSON: a non-finite value (e.g. a diverged loss) is written as null
+        record = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if self._tb is not None:

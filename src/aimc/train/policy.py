@@ -434,7 +434,8 @@ def train_policy(
                     "train/grad_norm": g,
                     "train/weight_norm": float(weight_norm(trainable)),
                     "train/frames_per_s": (progress.frames - frames_log) / max(time.perf_counter() - t_log, 1e-9),
-                    "train/uncond_fraction": sum(uncond) / len(uncond) if uncond else float("nan"),
+                    # sequences start only at chunk 0 of T: an interval of later chunks has none
+                    **({"train/uncond_fraction": sum(uncond) / len(uncond)} if uncond else {}),
                     **gpu_memory(device),
                 })
                 t_log, frames_log = time.perf_counter(), progress.frames
