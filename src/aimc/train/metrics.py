@@ -39,6 +39,7 @@ class MetricsLogger:
         self._f0 = start_frames
         self._tb = None
         self._bar = None
+        self._last_line = ""
         if not enabled:
             return
         if cfg.logging.tensorboard:
@@ -91,7 +92,8 @@ class MetricsLogger:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, global_step=progress.frames)
         if self._bar is None:
-            self._print(self._line(progress))
+            self._last_line = self._line(progress)
+            self._print(self._last_line)
 
     def _line(self, progress: Progress) -> str:
         parts = [f"step {progress.step}", f"{progress.frames:,}/{self.total_frames:,} frames"]
@@ -116,7 +118,9 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(self._task, completed=min(progress.frames, self.total_frames))
             self._bar.stop()
-        self._print(self._line(progress))
+        line = self._line(progress)
+        if line != self._last_line:  # the last logging step may already have printed it
+            self._print(line)
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
