@@ -154,16 +154,20 @@ class EventGoalBatches:
     def batch(self, index: int) -> dict:
         """Batch ``index``: {"img" (B,T,H,W,3) uint8, "goal" (B,T,D), "actions" {head: (B,T)}, "first" (B,T)}."""
         rng = np.random.default_rng([self.cfg.seed, int(index)])
-        items = [self.item(rng) for _ in range(self.cfg.batch_size)]
-        first = np.zeros((self.cfg.batch_size, self.cfg.T), dtype=bool)
-        first[:, 0] = True
-        return {
-            "img": torch.from_numpy(np.stack([x["img"] for x in items])),
-            "goal": torch.from_numpy(np.stack([x["goal"] for x in items])),
-            "actions": {k: torch.from_numpy(np.stack([x["actions"][k] for x in items])) for k in items[0]["actions"]},
-            "first": torch.from_numpy(first),
-        }
+        return stack_items([self.item(rng) for _ in range(self.cfg.batch_size)], self.cfg.T)
 
+
+
+def stack_items(items: list[dict], T: int) -> dict:
+    """Items of T frames -> a batch; every sequence starts fresh (``first`` at t=0)."""
+    first = np.zeros((len(items), T), dtype=bool)
+    first[:, 0] = True
+    return {
+        "img": torch.from_numpy(np.stack([x["img"] for x in items])),  # (B, T, H, W, 3)
+        "goal": torch.from_numpy(np.stack([x["goal"] for x in items])),  # (B, T, D)
+        "actions": {k: torch.from_numpy(np.stack([x["actions"][k] for x in items])) for k in items[0]["actions"]},
+        "first": torch.from_numpy(first),  # (B, T)
+    }
 
 def goal_statistics(embs: list[np.ndarray], valids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std (float32 (D,)) of the valid goal embeddings of episodes."""
@@ -205,12 +209,4 @@ class MixedBatches:
         rng = np.random.default_rng([self.seed, 7, int(index)])
         B = self.cfg.batch_size
         which = rng.choice(len(self.sources), size=B, p=self.p)
-        items = [self.sources[int(w)].item(rng) for w in which]
-        first = np.zeros((B, self.cfg.T), dtype=bool)
-        first[:, 0] = True
-        return {
-            "img": torch.from_numpy(np.stack([x["img"] for x in items])),
-            "goal": torch.from_numpy(np.stack([x["goal"] for x in items])),
-            "actions": {k: torch.from_numpy(np.stack([x["actions"][k] for x in items])) for k in items[0]["actions"]},
-            "first": torch.from_numpy(first),
-        }
+        return stack_items([self.sources[int(w)].item(rng) for w in which], self.cfg.T)
