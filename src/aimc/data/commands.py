@@ -36,10 +36,18 @@ def _workers(args) -> int:
     return args.workers if args.workers else default_workers()
 
 
+def _convert(args, store, jobs, failed, convert_fn, description: str) -> int:
+    """Run one converter over its jobs in parallel, print the summary, return the exit code."""
+    from aimc.data.converters.base import run_jobs
+
+    summary = run_jobs(jobs, convert_fn, store, workers=_workers(args), resume=not args.no_resume,
+                       progress=not args.quiet, pre_failed=failed, description=description)
+    return _finish(summary, store)
+
+
 def _run_contractor(args) -> int:
     from pathlib import Path
 
-    from aimc.data.converters.base import run_jobs
     from aimc.data.converters.contractor import convert_recording, download_recordings, find_recordings
     from aimc.errors import UserError
 
@@ -60,24 +68,18 @@ def _run_contractor(args) -> int:
         job.options.update(fix_quirks=args.fix_quirks, max_missing_frames=args.max_missing_frames)
         if args.mineclip:
             job.options.update(mineclip=args.mineclip, device=args.device)
-    summary = run_jobs(jobs, convert_recording, store, workers=_workers(args), resume=not args.no_resume,
-                       progress=not args.quiet, pre_failed=failed, description="contractor")
-    return _finish(summary, store)
+    return _convert(args, store, jobs, failed, convert_recording, "contractor")
 
 
 def _run_steve1(args) -> int:
-    from aimc.data.converters.base import run_jobs
     from aimc.data.converters.steve1 import convert_episode_folder, find_episodes
 
     store = _store(args)
     jobs, failed = find_episodes(args.src)
-    summary = run_jobs(jobs, convert_episode_folder, store, workers=_workers(args), resume=not args.no_resume,
-                       progress=not args.quiet, pre_failed=failed, description="steve1")
-    return _finish(summary, store)
+    return _convert(args, store, jobs, failed, convert_episode_folder, "steve1")
 
 
 def _run_custom(args) -> int:
-    from aimc.data.converters.base import run_jobs
     from aimc.data.converters.custom import convert_custom_episode, find_custom_episodes
 
     store = _store(args)
@@ -86,9 +88,7 @@ def _run_custom(args) -> int:
         job.options["fps"] = args.fps
         if args.size is not None:
             job.options["size"] = args.size or None
-    summary = run_jobs(jobs, convert_custom_episode, store, workers=_workers(args), resume=not args.no_resume,
-                       progress=not args.quiet, pre_failed=failed, description="custom")
-    return _finish(summary, store)
+    return _convert(args, store, jobs, failed, convert_custom_episode, "custom")
 
 
 def _run_embed(args) -> int:

@@ -297,13 +297,14 @@ def _delta_cell(d) -> str:
     return f'<td class="{cls}">{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] p={d.p_value:.3f}{" *" if d.significant else ""}</td>'
 
 
+def _task_union(runs: list[EvalRun]) -> list[str]:
+    """Every task of every run, in first-seen order."""
+    return list(dict.fromkeys(t for r in runs for t in r.summary["tasks"]))
+
+
 def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
     """The comparison page for ``runs`` (the first is the baseline for deltas)."""
-    tasks: list[str] = []
-    for r in runs:
-        for t in r.summary["tasks"]:
-            if t not in tasks:
-                tasks.append(t)
+    tasks = _task_union(runs)
     base = runs[0]
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>aimc compare: "
              f"{_esc(' vs '.join(r.name for r in runs))}</title><style>{_CSS}</style></head><body>",
@@ -448,11 +449,7 @@ def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
 
 
 def compare_markdown(runs: list[EvalRun]) -> str:
-    tasks: list[str] = []
-    for r in runs:
-        for t in r.summary["tasks"]:
-            if t not in tasks:
-                tasks.append(t)
+    tasks = _task_union(runs)
     base = runs[0]
     lines = [f"# aimc compare: {' vs '.join(r.name for r in runs)}", "",
              "Success rates with 95 % Wilson intervals; deltas against the first run with Newcombe intervals "
