@@ -196,3 +196,24 @@ def test_overlay_without_any_truetype_font(monkeypatch):
         assert img[:20].max() > 0
     finally:
         video._font.cache_clear()
+
+
+def test_guided_act_matches_policy_act_with_film_conditioning():
+    from aimc.agent.agent import guided_act
+
+    torch.manual_seed(0)
+    from aimc.models.vpt import PolicyConfig, STEVE1Policy
+
+    policy = STEVE1Policy(PolicyConfig.tiny(action_heads={"action": 17}, mineclip_embed_dim=TINY_EMBED, goal_conditioning="film"))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rng = np.random.default_rng(4)
+    s1, s2 = policy.initial_state(4), policy.initial_state(4)
+    for t in range(3):
+        img = torch.from_numpy(rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+        goal = torch.from_numpy(rng.standard_normal((2, TINY_EMBED)).astype(np.float32))
+        first = torch.tensor([t == 0, t == 0])
+        _, s1, info = policy.act(img, goal, first, s1, cond_scale=2.0, stochastic=False)
+        _, s2, scores = guided_act(policy, img, goal, first, s2, 2.0, stochastic=False)
+        torch.testing.assert_close(scores["action"], info["logits"]["action"], rtol=1e-5, atol=1e-5)

@@ -260,3 +260,27 @@ def test_config_round_trip_and_validation():
         PolicyConfig.from_net_args({**net_args, "scale_input_img": False})
     with pytest.warns(UserWarning, match="unknown net arg"):
         PolicyConfig.from_net_args({**net_args, "some_new_knob": 1})
+
+
+def test_film_goal_conditioning():
+    """goal_conditioning="film": starts as the unconditioned network, then the goal scales and
+    shifts the features on both sides of the recurrent layers; "add" keys stay out of it."""
+    torch.manual_seed(0)
+    cfg = PolicyConfig.tiny(img_shape=[32, 32, 3], action_heads={"action": 17}, goal_conditioning="film")
+    policy = STEVE1Policy(cfg).eval()
+    keys = set(policy.state_dict())
+    assert {"net.goal_film_in.weight", "net.goal_film_out.bias"} <= keys
+    assert not any("mineclip_embed_linear" in k for k in keys)
+    img, goal, first = inputs(policy)
+    a, _, _ = run(policy, img, goal, first, policy.initial_state(2))
+    b, _, _ = run(policy, img, torch.zeros_like(goal), first, policy.initial_state(2))
+    torch.testing.assert_close(a["action"], b["action"])  # zero-initialised: the goal does nothing yet
+    for which in ("goal_film_in", "goal_film_out"):
+        p = make(goal_conditioning="film")
+        with torch.no_grad():
+            getattr(p.net, "goal_film_in" if which == "goal_film_out" else "goal_film_out").weight.zero_()
+        c, _, _ = run(p, img, goal, first, p.initial_state(2))
+        d, _, _ = run(p, img, torch.zeros_like(goal), first, p.initial_state(2))
+        assert (c["buttons"] - d["buttons"]).abs().max() > 1e-3, which
+    with pytest.raises(ValueError, match="goal_conditioning"):
+        PolicyConfig.tiny(goal_conditioning="concat")

@@ -50,7 +50,7 @@ def guided_act(
     img (B, H, W, 3) uint8, goal (B, E), first (B,), state with 2B rows [cond ; uncond] ->
     (actions {head: (B,)}, new state, guided scores {head: (B, n)}). The conditional and the
     unconditional rows see the same frame, so the IMPALA CNN (most of the compute) runs on B
-    frames and its features are duplicated; the goal is added after it. Same result as
+    frames and its features are duplicated; the goal enters after it. Same result as
     ``policy.act(..., cond_scale=s)`` (checked in tests/test_agent.py).
     """
     net = policy.net
@@ -58,11 +58,7 @@ def guided_act(
     feats = net.img_process(img[:, None])  # (B, 1, D), once for both row sets
     x = torch.cat([feats, feats])  # (2B, 1, D)
     goals = torch.cat([goal, torch.zeros_like(goal)])[:, None]  # (2B, 1, E): [goal ; no goal]
-    x = x + net.mineclip_embed_linear(goals.to(x.dtype))
-    if net.pre_lstm_ln is not None:
-        x = net.pre_lstm_ln(x)
-    x, state = net.recurrent_layer(x, torch.cat([first, first]).bool()[:, None], state)
-    latent = net.final_ln(net.lastlayer(torch.relu(x)))  # (2B, 1, D)
+    latent, state = net.recur(x, goals, torch.cat([first, first]).bool()[:, None], state)  # (2B, 1, D)
     s = float(cond_scale)
     scores = {}
     for k, head in policy.pi_head.items():

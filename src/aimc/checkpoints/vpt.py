@@ -44,6 +44,8 @@ IGNORED_OFFICIAL_KEYS: frozenset[str] = frozenset()
 KNOWN_PREFIXES = ("module.policy.", "policy.", "module.")
 AIMC_MODEL_KEY = "aimc"
 GOAL_KEYS = ("net.mineclip_embed_linear.weight", "net.mineclip_embed_linear.bias")
+FILM_KEY = "net.goal_film_in.weight"  # goal_conditioning="film" (aimc-only, never in official files)
+FILM_KEYS = tuple(f"net.goal_film_{w}.{p}" for w in ("in", "out") for p in ("weight", "bias"))
 
 WEIGHTS_SUFFIXES = (".weights", ".pt", ".pth")
 
@@ -199,14 +201,14 @@ def load_state_dict_into(
     model_sd = policy.state_dict()
     mismatch = compare_state_dicts(model_sd, sd)
     missing, unexpected, misshapen = mismatch.missing, mismatch.unexpected, mismatch.misshapen
-    goal_only = bool(missing) and set(missing) <= set(GOAL_KEYS) and not unexpected and not misshapen
+    goal_only = bool(missing) and set(missing) <= set(GOAL_KEYS + FILM_KEYS) and not unexpected and not misshapen
     if mismatch:
         msg = f"{source}: the weights do not fit the policy: " + mismatch.describe()
         msg += ". Likely cause: " + _likely_cause(missing, unexpected, misshapen, sd, model_sd)
         if goal_only and allow_missing_goal:
             warnings.warn(
                 f"{source}: no goal layer in these weights (unconditioned VPT); "
-                "net.mineclip_embed_linear keeps its fresh initialisation and must be trained",
+                "the goal layers keep their fresh initialisation and must be trained",
                 stacklevel=2,
             )
         elif strict:
@@ -303,10 +305,13 @@ def inspect_file(path: str | Path) -> dict[str, Any]:
         "tensors": len(sd),
         "elements": int(sum(v.numel() for v in sd.values())),
         "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in sd.values()}),
-        "goal_conditioned": GOAL_KEYS[0] in sd,
+        "goal_conditioned": GOAL_KEYS[0] in sd or FILM_KEY in sd,
     }
     if GOAL_KEYS[0] in sd:
         info["mineclip_embed_dim"] = int(sd[GOAL_KEYS[0]].shape[1])
+    if FILM_KEY in sd:
+        info["goal_conditioning"] = "film"
+        info["mineclip_embed_dim"] = int(sd[FILM_KEY].shape[1])
     if "net.final_ln.weight" in sd:
         info["hidsize"] = int(sd["net.final_ln.weight"].shape[0])
     info["recurrent_blocks"] = len({k.split(".")[3] for k in sd if k.startswith("net.recurrent_layer.blocks.")})

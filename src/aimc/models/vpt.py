@@ -594,6 +594,11 @@ class PolicyConfig:
 
     mineclip_embed_dim: int = 512
     """Goal embedding size E (STEVE-1: MineCLIP 512). 0 = unconditioned VPT policy (no goal layer)."""
+    goal_conditioning: str = "add"
+    """How the goal enters. "add" (STEVE-1, the official files): a linear map of the goal is added
+    to the image features. "film" (aimc, not in any official file): the goal sets a scale and a
+    shift of the image features (before the recurrent layers) and of the final latent (after
+    them), so the recurrent history cannot drown it out; used by the built-in world."""
     temperature: float = 2.0
     """Action logits are divided by this before log_softmax (pi_head_opts temperature)."""
     action_heads: dict[str, int] = field(default_factory=_minecraft_heads)
@@ -637,6 +642,8 @@ class PolicyConfig:
             raise bad("init_norm_kwargs", f"unsupported keys {sorted(unknown)} (only batch_norm, group_norm_groups)")
         if self.mineclip_embed_dim < 0:
             raise bad("mineclip_embed_dim", "must be >= 0 (0 = no goal conditioning)")
+        if self.goal_conditioning not in ("add", "film"):
+            raise bad("goal_conditioning", 'must be "add" (STEVE-1) or "film"')
         if not self.temperature > 0:
             raise bad("temperature", "must be > 0")
         if not self.action_heads or any(int(n) < 1 for n in self.action_heads.values()):
@@ -755,25 +762,50 @@ class PolicyNet(nn.Module):
         dense_norm = cfg.dense_norm()
         self.lastlayer = FanInLayer(cfg.hidsize, cfg.hidsize, "linear", dense_norm)
         self.final_ln = nn.LayerNorm(cfg.hidsize)
+        e, d = cfg.mineclip_embed_dim, cfg.hidsize
+        film = e > 0 and cfg.goal_conditioning == "film"
         # STEVE-1: the goal embedding, linearly mapped, is added to the image features.
-        self.mineclip_embed_linear = (
-            nn.Linear(cfg.mineclip_embed_dim, cfg.hidsize) if cfg.mineclip_embed_dim > 0 else None
-        )
+        self.mineclip_embed_linear = nn.Linear(e, d) if e > 0 and not film else None
+        # FiLM: goal -> (scale, shift) of the image features and of the final latent. Zero
+        # initialised, so training starts from the unconditioned network.
+        self.goal_film_in = nn.Linear(e, 2 * d) if film else None
+        self.goal_film_out = nn.Linear(e, 2 * d) if film else None
+        for layer in (self.goal_film_in, self.goal_film_out):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(
         self, img: torch.Tensor, goal: torch.Tensor | None, first: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
         x = self.img_process(img)  # (B, T, D)
+        return self.recur(x, goal, first, state)
+
+    @property
+    def goal_conditioned(self) -> bool:
+        return self.mineclip_embed_linear is not None or self.goal_film_in is not None
+
+    def recur(
+        self, x: torch.Tensor, goal: torch.Tensor | None, first: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        """Image features x (B, T, D) + goal (B, T, E) -> latent (B, T, D): everything after the CNN."""
+        if self.goal_conditioned and goal is None:
+            raise ValueError("this policy is goal-conditioned: pass goal (B, T, E); zeros = unconditioned")
         if self.mineclip_embed_linear is not None:
-            if goal is None:
-                raise ValueError("this policy is goal-conditioned: pass goal (B, T, E); zeros = unconditioned")
             x = x + self.mineclip_embed_linear(goal.to(x.dtype))  # zero goal adds only the bias
+        if self.goal_film_in is not None:
+            scale, shift = self.goal_film_in(goal.to(x.dtype)).chunk(2, dim=-1)  # (B, T, D) each
+            x = x * (1 + scale) + shift
         if self.pre_lstm_ln is not None:
             x = self.pre_lstm_ln(x)
         x, state = self.recurrent_layer(x, first, state)  # (B, T, D)
         x = F.relu(x)
         x = self.lastlayer(x)  # LN -> Linear (no bias) -> ReLU
-        return self.final_ln(x), state  # (B, T, D)
+        x = self.final_ln(x)  # (B, T, D)
+        if self.goal_film_out is not None:
+            scale, shift = self.goal_film_out(goal.to(x.dtype)).chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return x, state
 
 
 class STEVE1Policy(nn.Module):
