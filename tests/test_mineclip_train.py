@@ -79,3 +79,26 @@ def test_store_without_captions_is_explained(tmp_path):
         ClipCaptionPairs(tmp_path / "s")
     with pytest.raises(ValueError, match="batch_size"):
         MineCLIPTrainConfig(batch_size=1)
+
+
+def test_time_limit_fits_the_schedule_to_the_steps_that_fit(tmp_path, monkeypatch):
+    """When the time limit ends training, the learning rate has still annealed to lr/10."""
+    import aimc.train.mineclip as tm
+
+    from types import SimpleNamespace
+
+    clock = [0.0]
+
+    def fake_time():
+        clock[0] += 0.25  # every call of the training loop = a quarter of a second
+        return clock[0]
+
+    toy_store(tmp_path / "store")
+    cfg = MineCLIPTrainConfig(store=str(tmp_path / "store"), model=dict(TINY), embed_dim=16, steps=10_000, batch_size=8,
+                              lr=1e-3, warmup_steps=2, jitter=0, log_every=1, time_limit_s=30.0)
+    monkeypatch.setattr(tm, "time", SimpleNamespace(time=fake_time))
+    tm.train_mineclip(cfg, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 10 < len(lines) < 100  # stopped by the (fake) clock, far before 10,000 steps
+    assert lines[-1]["lr"] == pytest.approx(1e-4, rel=0.05)
+    assert lines[-1]["lr"] < lines[len(lines) // 2]["lr"] < lines[3]["lr"]

@@ -67,7 +67,8 @@ class MineCLIPTrainConfig:
     langs: annotation languages to train on (empty = all).
     steps: optimizer steps.
     batch_size: (clip, caption) pairs per step.
-    lr: AdamW peak learning rate (linear warmup over ``warmup_steps``, cosine to 10 %).
+    lr: AdamW peak learning rate (linear warmup over ``warmup_steps``, cosine to 10 % at
+        ``steps``, or at the steps that ``time_limit_s`` allows when that comes first).
     warmup_steps: warmup length.
     weight_decay: AdamW weight decay.
     jitter: the clip ends 0..jitter frames after the annotation's last frame (the outcome of
@@ -75,7 +76,7 @@ class MineCLIPTrainConfig:
     max_episodes: read at most this many episodes (0 = all) to bound memory and time.
     seed: sampling and init seed.
     log_every: steps between metrics lines.
-    time_limit_s: stop early after this many seconds (0 = no limit); the quickstart's budget.
+    time_limit_s: stop after this many seconds (0 = no limit); the quickstart's budget.
     """
 
     store: str = ""
@@ -83,8 +84,8 @@ class MineCLIPTrainConfig:
     embed_dim: int = 64
     langs: list[str] = field(default_factory=list)
     steps: int = 600
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = 96
+    lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.05
     jitter: int = 3
@@ -194,11 +195,18 @@ def contrastive_loss(model: MineCLIP, clips: torch.Tensor, tokens: torch.Tensor,
     return 0.5 * (loss_v + loss_t)
 
 
-def _lr_at(step: int, cfg: MineCLIPTrainConfig) -> float:
+def _lr_at(step: int, cfg: MineCLIPTrainConfig, total_steps: int | None = None) -> float:
+    """Linear warmup, then cosine from lr to lr/10 at ``total_steps`` (default ``cfg.steps``)."""
+    total = cfg.steps if total_steps is None else total_steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    p = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+# With a time limit, the schedule is fitted to the steps that the limit allows, measured
+# over the first steps (so the learning rate still anneals when time, not steps, ends the run).
+_TIMING_STEPS = 10
 
 
 def train_mineclip(
@@ -238,11 +246,15 @@ def train_mineclip(
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     tb = SummaryWriter(str(run_dir / "tb"))
     t0 = time.time()
+    total_steps = cfg.steps
     model.train()
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
         for step in range(cfg.steps):
+            if cfg.time_limit_s and step == _TIMING_STEPS:
+                per_step = (time.time() - t0) / _TIMING_STEPS
+                total_steps = max(step + 1, min(cfg.steps, int(cfg.time_limit_s / per_step)))
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg)
+                g["lr"] = _lr_at(step, cfg, total_steps)
             clips, text_idx = pairs.batch(rng, cfg.batch_size, cfg.jitter)
             loss = contrastive_loss(model, torch.from_numpy(clips), tokens_all[text_idx], groups_all[text_idx])
             opt.zero_grad(set_to_none=True)
