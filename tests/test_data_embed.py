@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from aimc.checkpoints.mineclip import save_mineclip
 from aimc.cli import main as cli_main
-from aimc.data.embed import embed_frames, embed_store
+from aimc.data.embed import embed_frames, embed_store, model_fingerprint
 from aimc.data.store import EpisodeStore, VideoSettings
+from aimc.errors import UserError
 from aimc.models.mineclip import MineCLIP, MineCLIPConfig, embed_episode, preprocess_frames
 
 
@@ -72,3 +74,23 @@ def test_contractor_conversion_embeds_full_resolution_frames(tmp_path):
     np.testing.assert_array_equal(valid, ref_valid)
     np.testing.assert_allclose(np.asarray(emb, np.float32), ref, atol=3e-3)
     assert ep.meta["embeddings"]["from"] == "source frames"
+
+
+def test_embeddings_from_another_model_are_not_mixed(tmp_path):
+    store = EpisodeStore(tmp_path / "s", video=VideoSettings(crf=0))
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        store.write_episode(f"e{i}", rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), {"action": np.zeros(20, np.int64)}, {})
+    a = tiny_mineclip()
+    embed_store(store, a, episode_ids=["e0"], batch_size=8, progress=False)
+    assert store.open("e0").meta["embeddings"]["model_sha256"] == model_fingerprint(a)
+    torch.manual_seed(123)
+    b = type(a)(a.cfg)  # same architecture, other weights
+    with pytest.raises(UserError, match="another MineCLIP.*--force"):
+        embed_store(store, b, batch_size=8, progress=False)
+    assert not store.open("e1").has_embeddings  # refused before writing anything
+    before = np.asarray(store.open("e0").embeddings()[0]).copy()
+    res = embed_store(store, b, batch_size=8, progress=False, force=True)
+    assert res["embedded"] == 2 and store.open("e0").meta["embeddings"]["model_sha256"] == model_fingerprint(b)
+    assert not np.array_equal(before, np.asarray(store.open("e0").embeddings()[0]))
+    assert embed_store(store, b, batch_size=8, progress=False)["skipped"] == 2  # same model: resumes

@@ -183,7 +183,9 @@ def stage_embed(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
     _ticker(display, "embed", n_frames / 1500.0, stop, f"{n_frames:,} frames")
     try:
         with torch.no_grad():
-            s = embed_store(store, model, batch_size=256, device="cpu", info={"model": "quickstart mineclip"}, progress=False)
+            # force: this run's embedder is new, whatever an interrupted earlier attempt wrote
+            s = embed_store(store, model, batch_size=256, device="cpu", force=True, info={"model": "quickstart mineclip"},
+                            progress=False)
     finally:
         stop.set()
     split = make_split(store, val_fraction=0.1, seed=plan.seed, command="aimc quickstart")

@@ -12,6 +12,7 @@ close to, not identical with, STEVE-1's ``embeds_attn.pkl`` (converting those ke
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from aimc.data.relabel import NONE_EMBED_OFFSET
 from aimc.data.store import EpisodeStore
+from aimc.errors import UserError
 
 SEGMENT_FRAMES = 1024
 
@@ -41,6 +43,19 @@ def embed_frames(model, frames_rgb: np.ndarray, batch_size: int = 64, device=Non
     return emb, valid
 
 
+def model_fingerprint(model) -> str:
+    """sha256 over a model's parameters and buffers (names, shapes, dtypes, bytes): the same
+    weights give the same fingerprint wherever they were loaded from."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def embed_store(
     store: EpisodeStore,
     model,
@@ -57,10 +72,24 @@ def embed_store(
 
     store.require_exists()
     ids = list(store.episode_ids() if episode_ids is None else episode_ids)
-    todo = [e for e in ids if force or not store.open(e).has_embeddings]
+    fingerprint = model_fingerprint(model)
+    todo, other = [], []
+    for e in ids:
+        ep = store.open(e)
+        if force or not ep.has_embeddings:
+            todo.append(e)
+        elif ep.meta["embeddings"].get("model_sha256", fingerprint) != fingerprint:
+            other.append(e)
+    if other:
+        raise UserError(
+            f"{store.root}: {len(other)} of {len(ids)} episodes (e.g. {other[0]}) already have goal embeddings made "
+            "with another MineCLIP; goals from two embedders cannot be mixed. Re-embed them all with "
+            "--force (aimc data embed), or pass the MineCLIP they were made with"
+        )
     t0 = time.time()
     frames_done = 0
-    base_info = {"model": "mineclip", "window": NONE_EMBED_OFFSET + 1, "from": "store frames", **(info or {})}
+    base_info = {"model": "mineclip", "window": NONE_EMBED_OFFSET + 1, "from": "store frames",
+                 "model_sha256": fingerprint, **(info or {})}
     cols = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*cols, disable=not progress) as bar:
         task = bar.add_task("embed", total=len(todo))
