@@ -68,3 +68,15 @@ def test_standardize_and_mixture(tmp_path):
     rows = np.concatenate([mix.batch(k)["goal"][:, 0, 0].numpy() for k in range(25)])
     from_b = (rows >= 1000).mean()  # ep1's embeddings are offset by 1000
     assert 0.1 < from_b < 0.3
+
+
+def test_switch_start_begins_sequences_where_a_new_goal_was_picked(tmp_path):
+    root = store_with_events(tmp_path / "s")  # goal segments start at frames 0 and 70
+    rng = np.random.default_rng(0)
+    sw = EventGoalBatches(root, EventGoalConfig(T=24, batch_size=1, p_uncond=0.0, switch_start=1.0), split=None)
+    starts = {int(sw.item(rng)["actions"]["action"][0]) for _ in range(40)}  # action = frame index % 17
+    assert starts == {0, 70 % 17}
+    anywhere = EventGoalBatches(root, EventGoalConfig(T=24, batch_size=1, p_uncond=0.0), split=None)
+    assert len({int(anywhere.item(rng)["actions"]["action"][0]) for _ in range(40)}) > 5
+    late = EventGoalBatches(root, EventGoalConfig(T=60, batch_size=1, p_uncond=0.0, switch_start=1.0), split=None)
+    assert {int(late.item(rng)["actions"]["action"][0]) for _ in range(20)} == {0}  # 70 + 60 > 120 frames

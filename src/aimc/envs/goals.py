@@ -46,7 +46,10 @@ class EventGoalConfig:
     frequent events are thinned (0 = keep all). standardize: feed goals as (e - mean) / std per
     dimension over the store's valid frames (see :func:`goal_statistics`); a small embedder's
     raw embeddings share a large common component that hides the goal. The prior must then be
-    trained on standardized embeddings too. seed: the batch stream (batch k from rng(seed, k)).
+    trained on standardized embeddings too. switch_start: chance that a sequence starts where the
+    demonstrator picked a new goal (a ``goal_segments`` start in the episode's meta) instead of
+    anywhere: with no history yet, only the goal says where to go, as when an agent is first
+    given an instruction. seed: the batch stream (batch k from rng(seed, k)).
     """
 
     T: int = 64
@@ -57,6 +60,7 @@ class EventGoalConfig:
     jitter: int = 3
     rarity_power: float = 1.0
     standardize: bool = False
+    switch_start: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class EventGoalConfig:
             raise ValueError(f"need 15 <= min_btwn_goals < max_btwn_goals, got {self.min_btwn_goals}, {self.max_btwn_goals}")
         if self.jitter < 0 or self.rarity_power < 0:
             raise ValueError("jitter and rarity_power must be >= 0")
+        if not 0.0 <= self.switch_start <= 1.0:
+            raise ValueError(f"switch_start must be in [0, 1], got {self.switch_start}")
 
 
 class EventGoalBatches:
@@ -86,6 +92,7 @@ class EventGoalBatches:
         self.emb: list[np.ndarray] = []  # (N, D) float32
         self.valid: list[np.ndarray] = []  # (N,) bool
         self.events: list[list[tuple[int, str, bool]]] = []  # (frame, event, completes the pursued goal)
+        self.switches: list[np.ndarray] = []  # frames where a new goal was picked (sequence starts)
         for eid in ids:
             ep = store.open(eid)
             if ep.num_frames < cfg.T + 1:
@@ -98,6 +105,9 @@ class EventGoalBatches:
             self.emb.append(np.asarray(got[0], dtype=np.float32))
             self.valid.append(np.asarray(got[1], dtype=bool))
             self.events.append(_episode_events(ep))
+            n = ep.num_frames
+            self.switches.append(np.asarray(sorted({int(g[0]) for g in ep.meta.get("goal_segments", []) if int(g[0]) <= n - cfg.T}),
+                                            dtype=np.int64))
         if not self.frames:
             raise UserError(f"{store_root}: no episode of the '{split}' split has more than T={cfg.T} frames")
         counts = Counter(e for evs in self.events for _, e, _ in evs)
@@ -140,7 +150,10 @@ class EventGoalBatches:
     def item(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         c = self.cfg
         i = int(rng.choice(len(self.frames), p=self._p))
-        start = int(rng.integers(0, len(self.frames[i]) - c.T + 1))
+        if c.switch_start and len(self.switches[i]) and rng.random() < c.switch_start:
+            start = int(self.switches[i][rng.integers(0, len(self.switches[i]))])
+        else:
+            start = int(rng.integers(0, len(self.frames[i]) - c.T + 1))
         stop = start + c.T
         goal = np.zeros((c.T, self.goal_dim), dtype=np.float32)  # (T, D)
         anchors = self.anchors(rng, i)

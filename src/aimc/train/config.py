@@ -63,6 +63,9 @@ class DataConfig:
     """Hindsight relabeling: fewest steps between two goal time steps (>= 15)."""
     max_btwn_goals: int = 200
     """Hindsight relabeling: most steps between two goal time steps (exclusive)."""
+    switch_start: float = 0.0
+    """Built-in world (event-anchored goals): chance that a sequence starts where the
+    demonstrator picked a new goal, so that only the goal tells what to do next."""
     augment: bool = False
     """Consistent-over-time colour jitter / grayscale on training sequences."""
     num_workers: int = 4
@@ -82,6 +85,7 @@ class DataConfig:
         )
         _check(all(w >= 0 for w in self.weights), f"data.weights must be >= 0, got {self.weights}")
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(0.0 <= self.switch_start <= 1.0, f"data.switch_start must be in [0, 1], got {self.switch_start}")
 
 
 @dataclass
