@@ -65,7 +65,7 @@ class QuickstartPlan:
     eval_max_steps: int = 300
     eval_tasks: tuple[str, ...] = ()
     eval_videos: int = 1
-    cond_scale: float = 0.5
+    cond_scale: float = 2.0
     relabel: str = "events"
     seed: int = 0
 
@@ -273,7 +273,7 @@ def event_sources(store_root: Path, cfg):
 
     d = cfg.data
     ecfg = EventGoalConfig(T=d.T, batch_size=cfg.optim.batch_size, p_uncond=d.p_uncond, min_btwn_goals=d.min_btwn_goals,
-                           max_btwn_goals=d.max_btwn_goals, seed=cfg.runtime.seed)
+                           max_btwn_goals=d.max_btwn_goals, switch_start=d.switch_start, seed=cfg.runtime.seed)
     train = EventGoalBatches(store_root, ecfg, split=d.split)
     try:
         val = EventGoalBatches(store_root, replace(ecfg, seed=ecfg.seed + 1), split=d.val_split)
@@ -585,7 +585,7 @@ def summary_text(run: Path, state: dict) -> str:
               f"Videos: {ev / 'videos'} ({len(videos)} files)" if videos else "Videos: none recorded",
               f"Policy weights: {r['policy']['weights']}",
               f"Try it: aimc run --weights {r['policy']['weights']} --mineclip {run / 'mineclip' / 'mineclip.safetensors'} "
-              f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale 0.5 --video {run / 'place_table.mp4'}"]
+              f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale {state.get('plan', {}).get('cond_scale', 2.0)} --video {run / 'place_table.mp4'}"]
     if state.get("finetune"):
         f = state["finetune"]
         lines += ["", f"Fine-tuned on {f['skill']} ({f['frames']:,} new frames, 80 % old / 20 % new): {f['weights']}",
