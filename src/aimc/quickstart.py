@@ -56,11 +56,11 @@ class QuickstartPlan:
     max_steps: int = 400
     workers: int = 2
     generate_seconds: float = 240.0
-    embedder_seconds: float = 150.0
+    embedder_seconds: float = 300.0
     embedder_steps: int = 5000
     policy_preset: str = "crafter"
     policy_frames: int = 0
-    prior_epochs: int = 60
+    prior_epochs: int = 40
     eval_episodes: int = 2
     eval_max_steps: int = 300
     eval_tasks: tuple[str, ...] = ()
@@ -81,7 +81,7 @@ def make_plan(minutes: float, fast: bool, workers: int = 2, seed: int = 0) -> Qu
                               eval_videos=1, seed=seed)
     scale = minutes / 20.0
     return QuickstartPlan(minutes=minutes, episodes=max(20, int(400 * scale)), workers=workers,
-                          generate_seconds=240 * scale, embedder_seconds=150 * scale, embedder_steps=int(5000 * scale),
+                          generate_seconds=240 * scale, embedder_seconds=300 * scale, embedder_steps=int(5000 * scale),
                           seed=seed)
 
 
@@ -238,8 +238,8 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
     if not frames:
         cfg0 = _policy_config(run, plan, goal_dim, None)
         batches = event_sources(run / "store", cfg0)[0] if plan.relabel == "events" else None
-        # x1.5: validation, logging and other processes on a shared machine
-        per_step = _seconds_per_step(cfg0, batches) * 1.5
+        # x1.1: validation and logging (x1.5 left about 2 of a default run's 20 minutes unused)
+        per_step = _seconds_per_step(cfg0, batches) * 1.1
         seconds = max(30.0, deadline - time.time() - reserve_s)
         steps = max(20, int(seconds / per_step))
         frames = steps * cfg0.frames_per_step()
@@ -535,8 +535,10 @@ def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, w
                 results[stage] = stage_embed(run, plan, display)
                 note = f"{results[stage]['frames']:,} frames embedded"
             elif stage == "policy":
-                # prior (~80 s on 40k pairs) + evaluation (~1-4 s per episode measured on 2 cores)
-                reserve = 90.0 + plan.eval_episodes * 9 * 4.0
+                # prior (~2.7e-5 s per pair and epoch, ~1.3 pairs per frame) + evaluation (~1-4 s per
+                # episode), as measured on 2 cores
+                frames = results["generate"]["frames"]
+                reserve = 30.0 + 3.5e-5 * frames * plan.prior_epochs + plan.eval_episodes * 9 * 4.0
                 results[stage] = stage_policy(run, plan, display, deadline, reserve)
                 note = f"{results[stage]['frames']:,} frames, loss {results[stage].get('loss', float('nan')):.3f}"
             elif stage == "prior":
