@@ -47,8 +47,9 @@ def test_two_process_ddp_equals_one_process_with_doubled_batch(tmp_path):
     single = load_file(str(tmp_path / "one" / "final.safetensors"))
 
     # two processes, batch 2 each
-    # fork: the children reuse this process's imports (spawn would re-import torch twice)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a fork copies the locks that other threads of this test process (earlier
+    # tests' writers and progress tickers) may hold, and a child can then hang forever
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True, start_method="spawn")
     ddp = load_file(str(tmp_path / "two" / "final.safetensors"))
 
     assert set(ddp) == set(single)
