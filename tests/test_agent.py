@@ -111,18 +111,27 @@ def test_guided_act_is_one_batched_forward(agent):
         agent.cond_scale = 6.0
 
 
-def test_guided_act_matches_policy_act(agent):
+def _act_both_ways(policy, seed: int, firsts: list[tuple[bool, bool]], scale: float):
+    """Step ``policy.act`` and ``guided_act`` side by side on the same random frames and goals:
+    [(actions, guided_act actions, guided_act scores, act info)] per step, and both final states."""
     from aimc.agent.agent import guided_act
 
-    policy = agent.policy
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     s1, s2 = policy.initial_state(4), policy.initial_state(4)
-    for t in range(4):
+    steps = []
+    for f in firsts:
         img = torch.from_numpy(rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
         goal = torch.from_numpy(rng.standard_normal((2, TINY_EMBED)).astype(np.float32))
-        first = torch.tensor([t == 0, t == 2])
-        a1, s1, info = policy.act(img, goal, first, s1, cond_scale=4.0, stochastic=False)
-        a2, s2, scores = guided_act(policy, img, goal, first, s2, 4.0, stochastic=False)
+        first = torch.tensor(f)
+        a1, s1, info = policy.act(img, goal, first, s1, cond_scale=scale, stochastic=False)
+        a2, s2, scores = guided_act(policy, img, goal, first, s2, scale, stochastic=False)
+        steps.append((a1, a2, scores, info))
+    return steps, s1, s2
+
+
+def test_guided_act_matches_policy_act(agent):
+    steps, s1, s2 = _act_both_ways(agent.policy, 3, [(t == 0, t == 2) for t in range(4)], 4.0)
+    for a1, a2, scores, info in steps:
         torch.testing.assert_close(scores["action"], info["logits"]["action"], rtol=1e-5, atol=1e-5)
         assert torch.equal(a1["action"], a2["action"])
     for l1, l2 in zip(s1, s2):
@@ -199,21 +208,13 @@ def test_overlay_without_any_truetype_font(monkeypatch):
 
 
 def test_guided_act_matches_policy_act_with_film_conditioning():
-    from aimc.agent.agent import guided_act
-
-    torch.manual_seed(0)
     from aimc.models.vpt import PolicyConfig, STEVE1Policy
 
+    torch.manual_seed(0)
     policy = STEVE1Policy(PolicyConfig.tiny(action_heads={"action": 17}, mineclip_embed_dim=TINY_EMBED, goal_conditioning="film"))
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    rng = np.random.default_rng(4)
-    s1, s2 = policy.initial_state(4), policy.initial_state(4)
-    for t in range(3):
-        img = torch.from_numpy(rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
-        goal = torch.from_numpy(rng.standard_normal((2, TINY_EMBED)).astype(np.float32))
-        first = torch.tensor([t == 0, t == 0])
-        _, s1, info = policy.act(img, goal, first, s1, cond_scale=2.0, stochastic=False)
-        _, s2, scores = guided_act(policy, img, goal, first, s2, 2.0, stochastic=False)
+    steps, _, _ = _act_both_ways(policy, 4, [(t == 0, t == 0) for t in range(3)], 2.0)
+    for _, _, scores, info in steps:
         torch.testing.assert_close(scores["action"], info["logits"]["action"], rtol=1e-5, atol=1e-5)
