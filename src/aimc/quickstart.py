@@ -237,12 +237,13 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
 
     goal_dim = _goal_dim(run)
     frames = plan.policy_frames
+    cfg0 = _policy_config(run, plan, goal_dim, None)
+    # loaded once (every frame of the store): timed here, trained on below; batches are stateless by index
+    train_data, val_data = event_sources(run / "store", cfg0) if plan.relabel == "events" else (None, None)
     if not frames:
-        cfg0 = _policy_config(run, plan, goal_dim, None)
-        batches = event_sources(run / "store", cfg0)[0] if plan.relabel == "events" else None
         # x1.2: validation, logging and checkpoints; real steps ran 0.73x-1.25x of the timed one in
         # three measured runs, and without the margin a default run would have overrun 20 minutes
-        per_step = _seconds_per_step(cfg0, batches) * 1.2
+        per_step = _seconds_per_step(cfg0, train_data) * 1.2
         seconds = max(30.0, deadline - time.time() - reserve_s)
         steps = max(20, int(seconds / per_step))
         frames = steps * cfg0.frames_per_step()
@@ -251,9 +252,6 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
     stop = threading.Event()
     est = frames / max(1.0, cfg.frames_per_step()) * (per_step if not plan.policy_frames else 0.2)
     _ticker(display, "policy", est, stop, f"{frames:,} frames")
-    train_data = val_data = None
-    if plan.relabel == "events":
-        train_data, val_data = event_sources(run / "store", cfg)
     try:
         final = train_policy(cfg, run / "policy", train_data=train_data, val_data=val_data)
     finally:
