@@ -138,6 +138,18 @@ def test_nan_loss_stops_with_checkpoint_and_message(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_max_seconds_stops_training_and_exports(tmp_path):
+    """A time limit ends the session early with the same outputs as a finished run."""
+    cfg = tiny_cfg("schedule.n_frames=1000000000", "schedule.warmup_frames=64", "schedule.max_seconds=1",
+                   "validation.every=0", "checkpoint.every=0")
+    train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["frames"] < cfg.schedule.n_frames
+    assert (tmp_path / "run" / "final.safetensors").is_file()
+    with pytest.raises(Exception, match="max_seconds"):
+        tiny_cfg("schedule.max_seconds=-1")
+
+
 def test_grad_norm_warning(tmp_path):
     cfg = tiny_cfg("optim.warn_grad_norm=1e-6", "schedule.n_frames=64", "schedule.warmup_frames=32", "logging.every=1", "validation.every=0")
     with pytest.warns(RuntimeWarning, match="gradient norm"):

@@ -192,13 +192,15 @@ def stage_embed(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
     return {"frames": s["frames"], "seconds": time.time() - t0, "split": {k: len(v) if isinstance(v, list) else v for k, v in split.items() if k in ("train", "val")}}
 
 
-def _policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int | None):
+def _policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int | None, max_seconds: float = 0.0):
     from aimc.config import load_config
     from aimc.train.config import TrainConfig
 
     over = [f"data.stores=[{run / 'store'}]", f"model.goal_dim={goal_dim}", "logging.progress=false", f"runtime.seed={plan.seed}"]
     if frames:
         over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 30)}"]
+    if max_seconds:
+        over += [f"schedule.max_seconds={max_seconds:.0f}"]
     return load_config(TrainConfig, plan.policy_preset, over)
 
 
@@ -240,14 +242,15 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
     cfg0 = _policy_config(run, plan, goal_dim, None)
     # loaded once (every frame of the store): timed here, trained on below; batches are stateless by index
     train_data, val_data = event_sources(run / "store", cfg0) if plan.relabel == "events" else (None, None)
+    seconds = 0.0
     if not frames:
-        # x1.2: validation, logging and checkpoints; real steps ran 0.73x-1.25x of the timed one in
-        # three measured runs, and without the margin a default run would have overrun 20 minutes
+        # x1.2: validation, logging and checkpoints; real steps ran 0.73x-1.3x of the timed one in
+        # four measured runs, so the plan is also a hard limit: slower steps stop at the deadline
         per_step = _seconds_per_step(cfg0, train_data) * 1.2
         seconds = max(30.0, deadline - time.time() - reserve_s)
         steps = max(20, int(seconds / per_step))
         frames = steps * cfg0.frames_per_step()
-    cfg = _policy_config(run, plan, goal_dim, frames)
+    cfg = _policy_config(run, plan, goal_dim, frames, seconds)
     t0 = time.time()
     stop = threading.Event()
     est = frames / max(1.0, cfg.frames_per_step()) * (per_step if not plan.policy_frames else 0.2)
@@ -265,6 +268,9 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
                 last["loss"] = rec["train/loss"]
             if "val/loss" in rec:
                 last["val_loss"] = rec["val/loss"]
+    spath = run / "policy" / "summary.json"
+    if spath.is_file():  # fewer frames than planned when the time limit stopped training
+        frames = int(json.loads(spath.read_text()).get("frames", frames))
     return {"weights": str(final), "frames": frames, "seconds": time.time() - t0, **last}
 
 

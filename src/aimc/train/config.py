@@ -195,8 +195,12 @@ class ScheduleConfig:
     """The cosine reaches min_lr at decay_end x n_frames."""
     min_lr: float = 0.0
     """Floor of the schedule."""
+    max_seconds: float = 0.0
+    """Stop this session after so many seconds of training even if n_frames is not reached
+    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames."""
 
     def __post_init__(self) -> None:
+        _check(self.max_seconds >= 0, f"schedule.max_seconds must be >= 0, got {self.max_seconds}")
         _check(self.n_frames > 0, f"schedule.n_frames must be > 0, got {self.n_frames}")
         _check(self.warmup_frames >= 0, f"schedule.warmup_frames must be >= 0, got {self.warmup_frames}")
         _check(self.decay_end >= 1.0, f"schedule.decay_end must be >= 1, got {self.decay_end}")

@@ -376,7 +376,12 @@ def train_policy(
         uncond: list[float] = []  # unconditioned fraction of each batch in the logging interval
 
         # 5. the loop: one iteration = one optimizer step
+        limit = cfg.schedule.max_seconds
+        t_session = time.perf_counter()
         while progress.frames < cfg.schedule.n_frames:
+            if limit and D.any_across(time.perf_counter() - t_session >= limit, info, device):
+                log.note(f"schedule.max_seconds={limit:g} reached at {progress.frames:,} of {cfg.schedule.n_frames:,} frames")
+                break
             lr = lr_at(progress.frames, cfg.optim.lr, cfg.schedule)
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
