@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from aimc.envs.crafter import CrafterEnv
+from aimc.envs.crafter import ACTIONS, CrafterEnv
 from aimc.envs.demonstrator import GOALS, Demonstrator, DemonstratorConfig
 
 # (goal, step limit): chains (table -> pickaxe -> stone) and zombies (they come at night) take longer
 LIMITS = {"defeat_zombie": 400, "collect_stone": 150, "place_stone": 150}
 
 
+@pytest.mark.parametrize("sight", ["screen", "map"])
 @pytest.mark.parametrize("goal", GOALS)
-def test_each_goal_is_achieved(goal):
+def test_each_goal_is_achieved(goal, sight):
     env = CrafterEnv()
-    demo = Demonstrator(env, DemonstratorConfig(), seed=0)
+    demo = Demonstrator(env, DemonstratorConfig(sight=sight), seed=0)
     _, info = env.reset(seed=100)
     demo.reset(goal=goal)
     for _ in range(LIMITS.get(goal, 100)):
@@ -42,6 +44,51 @@ def test_goal_switches_after_success_and_timeout():
     assert demo._goal_age < 20
 
 
+def test_screen_sight_ignores_what_is_off_screen():
+    """A cow 6 tiles to the side is beyond the 9x7 frame: seen with sight="map" only."""
+    env = CrafterEnv()
+    env.reset(seed=3)
+    screen = Demonstrator(env, DemonstratorConfig(sight="screen"), seed=0)
+    world_map = Demonstrator(env, DemonstratorConfig(sight="map"), seed=0)
+    for obj in [o for o in env.world.objects if o is not env.player]:
+        env.world.remove(obj)
+    pos = env.player.pos
+    for offset, on_screen in (((6, 0), False), ((0, 4), False), ((4, 3), True)):
+        target = (int(pos[0]) + offset[0], int(pos[1]) + offset[1])
+        env.world[target] = "grass"
+        from crafter import objects
+
+        cow = objects.Cow(env.world, np.array(target))
+        env.world.add(cow)
+        assert (screen._nearest_object("Cow", 12) is cow) is on_screen, offset
+        assert world_map._nearest_object("Cow", 12) is cow, offset
+        env.world.remove(cow)
+
+
+def test_screen_sight_explores_by_walking_straight():
+    """With nothing of its goal in view it keeps the heading the frame shows, turning when blocked."""
+    env = CrafterEnv()
+    demo = Demonstrator(env, DemonstratorConfig(sight="screen", turn_chance=0.0, noise=0.0, reflexes=False), seed=0)
+    _, info = env.reset(seed=7)
+    demo.reset(goal="collect_drink")
+    kept = free_steps = 0
+    for _ in range(60):
+        facing = tuple(int(v) for v in env.player.facing)
+        ahead = np.asarray(env.player.pos) + np.asarray(facing)
+        mat, obj = env.world[ahead]
+        blocked = mat not in ("grass", "sand", "path") or obj is not None
+        sees_water = demo._face_material(("water",), demo._plan(), "do") is not None
+        action = demo.act(info)
+        if not sees_water and not blocked:
+            kept += ACTIONS[action] == {(-1, 0): "move_left", (1, 0): "move_right", (0, -1): "move_up", (0, 1): "move_down"}[facing]
+            free_steps += 1
+        _, _, term, _, info = env.step(action)
+        demo.observe(info)
+        if term or info["achievements"]["collect_drink"]:
+            break
+    assert free_steps >= 5 and kept == free_steps
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError, match="goals"):
         DemonstratorConfig(goals=("fly",))
@@ -49,3 +96,5 @@ def test_config_is_validated():
         DemonstratorConfig(goal_weights=(1.0,))
     with pytest.raises(ValueError, match="noise"):
         DemonstratorConfig(noise=2.0)
+    with pytest.raises(ValueError, match="sight"):
+        DemonstratorConfig(sight="xray")

@@ -14,7 +14,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     if args.env != "crafter":
         raise UserError(f"--env {args.env}: only the built-in world 'crafter' can be generated (Minecraft data is converted: aimc data convert ...)")
-    demo = DemonstratorConfig(goal_steps=args.goal_steps, noise=args.noise)
+    demo = DemonstratorConfig(goal_steps=args.goal_steps, noise=args.noise, sight=args.sight)
     with Progress(TextColumn("recording"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[frames]} frames"), TimeRemainingColumn()) as prog:
         task = prog.add_task("episodes", total=args.episodes, frames=0)
         total = [0]
@@ -57,6 +57,8 @@ def register(cli) -> None:
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
     p.add_argument("--goal-steps", type=int, default=150, help="switch goal after this many steps without success")
     p.add_argument("--noise", type=float, default=0.03, help="chance of a random action per step")
+    p.add_argument("--sight", choices=("screen", "map"), default="screen",
+                   help="screen: the player acts only on what its frame shows (imitable); map: it plans over 12 tiles of the map")
     p.add_argument("--goal", default=None, help="pin one goal for every episode (e.g. place_table) instead of switching")
 
     p = cli.command("mineclip train", help="train a small MineCLIP contrastively on annotated episodes", run=_run_mineclip_train)

@@ -2,7 +2,7 @@
 
 STEVE-1 learns from gameplay in which many things happen; the demonstrator produces such
 gameplay on Crafter. It holds a goal (one of :data:`GOALS`), plays towards it with
-breadth-first paths over the visible map, and switches to a new goal right after the goal
+breadth-first paths over what is on screen, and switches to a new goal right after the goal
 is achieved or after ``goal_steps`` steps without success. Survival reflexes (fight a zombie
 that comes close, drink when thirsty, eat when hungry, sleep when exhausted) interrupt the
 goal, so that episodes last and look like play rather than a tech-tree script.
@@ -15,7 +15,11 @@ goal, so that episodes last and look like play rather than a tech-tree script.
     demo.goal, demo.mode             # what it pursues now, and why ("goal" or a reflex)
 
 The demonstrator reads the game's internals (``env.world``, ``env.player``); it never
-changes them.
+changes them. By default it acts only on what the player's frame shows (``sight="screen"``:
+the 9x7 tiles around the player) and explores by walking straight ahead, so that every choice
+it makes can be read off the frames a policy learns from. ``sight="map"`` lets it plan over
+``search_radius`` tiles of the map instead: a stronger player whose moves towards unseen water
+or cows no policy can imitate.
 """
 
 from __future__ import annotations
@@ -53,7 +57,11 @@ class DemonstratorConfig:
     goal_weights: relative chance of picking each goal (same order as ``goals``; empty =
         uniform). Rare, slow goals get more weight so that they stay visible in the data.
     goal_steps: give up on a goal after this many steps without achieving it.
-    search_radius: how far (in tiles) it plans paths around itself; beyond that it explores.
+    sight: "screen" = it sees and plans over the tiles on screen only (what a policy sees);
+        "map" = over ``search_radius`` tiles of the map around it.
+    search_radius: how far (in tiles) it plans paths with ``sight="map"``.
+    turn_chance: with ``sight="screen"``, chance per step of exploring in a new direction
+        (it walks straight ahead otherwise, and turns when blocked).
     noise: chance of a uniformly random action at any step (action diversity for cloning).
     reflexes: fight close zombies, make a sword at a table, drink/eat/sleep when the
         stats run low.
@@ -63,7 +71,9 @@ class DemonstratorConfig:
     goals: tuple[str, ...] = GOALS
     goal_weights: tuple[float, ...] = ()
     goal_steps: int = 150
+    sight: str = "screen"
     search_radius: int = 12
+    turn_chance: float = 0.05
     noise: float = 0.03
     reflexes: bool = True
     thirst_at: int = 3
@@ -80,6 +90,10 @@ class DemonstratorConfig:
             raise ValueError("goal_weights must be non-negative with a positive sum")
         if self.goal_steps < 1:
             raise ValueError(f"goal_steps must be positive, got {self.goal_steps}")
+        if self.sight not in ("screen", "map"):
+            raise ValueError(f"sight must be 'screen' or 'map', got {self.sight!r}")
+        if not 0.0 <= self.turn_chance <= 1.0:
+            raise ValueError(f"turn_chance must be in [0, 1], got {self.turn_chance}")
         if self.search_radius < 2:
             raise ValueError(f"search_radius must be at least 2, got {self.search_radius}")
         if not 0.0 <= self.noise <= 1.0:
@@ -92,6 +106,8 @@ class _Plan:
 
     x0: int
     y0: int
+    x1: int  # exclusive
+    y1: int
     order: list[tuple[int, int]] = field(default_factory=list)  # world coords, nearest first
     first: dict[tuple[int, int], str] = field(default_factory=dict)  # first move towards a tile
 
@@ -105,6 +121,9 @@ class Demonstrator:
         self.env = env
         self.config = config or DemonstratorConfig()
         self.rng = np.random.default_rng(seed)
+        # the tiles on screen: Crafter's local view is view x (view - item rows), centred on the player
+        view = int(env.config.view)
+        self._half = (view // 2, (view - int(np.ceil(len(cc.items) / view))) // 2)
         self._place_needs = {k: dict(v["uses"]) for k, v in cc.place.items()}
         self._place_where = {k: tuple(v["where"]) for k, v in cc.place.items()}
         self._make_needs = {k: dict(v["uses"]) for k, v in cc.make.items()}
@@ -258,16 +277,27 @@ class Demonstrator:
         return all(inv[k] >= v for k, v in needs.items())
 
     # -- movement primitives ---------------------------------------------------------------
+    def _reach(self) -> tuple[int, int]:
+        """How far it sees and plans, in tiles left/right and up/down of the player."""
+        if self.config.sight == "screen":
+            return self._half
+        return self.config.search_radius, self.config.search_radius
+
+    def _sees(self, pos) -> bool:
+        px, py = (int(v) for v in self.env.player.pos)
+        rx, ry = self._reach()
+        return abs(int(pos[0]) - px) <= rx and abs(int(pos[1]) - py) <= ry
+
     def _plan(self) -> _Plan:
         world, player = self.env.world, self.env.player
-        r = self.config.search_radius
+        rx, ry = self._reach()
         px, py = int(player.pos[0]), int(player.pos[1])
         ax, ay = world.area
-        x0, x1, y0, y1 = max(0, px - r), min(ax, px + r + 1), max(0, py - r), min(ay, py + r + 1)
+        x0, x1, y0, y1 = max(0, px - rx), min(ax, px + rx + 1), max(0, py - ry), min(ay, py + ry + 1)
         mats = world._mat_map[x0:x1, y0:y1]
         walk_ids = [world._mat_ids[m] for m in _WALKABLE if m in world._mat_ids]
         free = np.isin(mats, walk_ids) & (world._obj_map[x0:x1, y0:y1] == 0)
-        plan = _Plan(x0, y0)
+        plan = _Plan(x0, y0, x1, y1)
         start = (px, py)
         plan.order.append(start)
         seen = {start}
@@ -292,8 +322,9 @@ class Demonstrator:
             if max_dist is not None and abs(cell[0] - px) + abs(cell[1] - py) > max_dist:
                 continue
             for name, (dx, dy) in _DIRS.items():
-                mat, obj = world[(cell[0] + dx, cell[1] + dy)]
-                if mat in materials and obj is None:
+                tile = (cell[0] + dx, cell[1] + dy)
+                mat, obj = world[tile]
+                if mat in materials and obj is None and self._sees(tile):
                     if cell == (px, py):
                         return action if tuple(self.env.player.facing) == (dx, dy) else name
                     return plan.first[cell]
@@ -330,7 +361,7 @@ class Demonstrator:
         best, best_d = None, max_dist + 1
         _, objs = self.env.world.nearby(player.pos, max_dist)
         for obj in objs:
-            if type(obj).__name__ == kind and not obj.removed:
+            if type(obj).__name__ == kind and not obj.removed and self._sees(obj.pos):
                 d = int(np.abs(obj.pos - player.pos).sum())
                 if d < best_d:
                     best, best_d = obj, d
@@ -364,7 +395,9 @@ class Demonstrator:
         return plan.first[best]
 
     def _explore(self, plan: _Plan) -> str:
-        """Walk to a far reachable tile (kept for a while), to discover new things."""
+        """Look for new things: walk straight ahead (screen) or to a far reachable tile (map)."""
+        if self.config.sight == "screen":
+            return self._walk_ahead()
         px, py = (int(v) for v in self.env.player.pos)
         self._waypoint_age += 1
         if self._waypoint is None or self._waypoint == (px, py) or self._waypoint_age > 30 or self._waypoint not in plan.first:
@@ -375,6 +408,27 @@ class Demonstrator:
             self._waypoint = pool[int(self.rng.integers(0, len(pool)))]
             self._waypoint_age = 0
         return plan.first[self._waypoint]
+
+    def _walk_ahead(self) -> str:
+        """Keep walking the way the player faces (the frame shows it); turn when blocked.
+
+        A turn goes to a random free direction, other than back, when there is one.
+        """
+        player = self.env.player
+        facing = tuple(int(v) for v in player.facing)
+        ahead = next((n for n, v in _DIRS.items() if v == facing), None)
+
+        def free(name: str) -> bool:
+            mat, obj = self.env.world[np.asarray(player.pos) + np.asarray(_DIRS[name])]
+            return mat in _WALKABLE and obj is None
+
+        if ahead is not None and free(ahead) and self.rng.random() >= self.config.turn_chance:
+            return ahead
+        back = next((n for n, v in _DIRS.items() if v == (-facing[0], -facing[1])), None)
+        options = [n for n in _DIRS if n not in (ahead, back) and free(n)]
+        if not options:
+            options = [n for n in _DIRS if n != ahead and free(n)] or [n for n in _DIRS if n != ahead]
+        return str(options[int(self.rng.integers(0, len(options)))])
 
     def _random_move(self) -> str:
         return str(self.rng.choice(list(_DIRS)))
