@@ -46,7 +46,8 @@ class QuickstartPlan:
     policy_preset: TrainConfig preset of the policy. policy_frames: 0 = fill the time left.
     prior_epochs: prior training epochs. eval_episodes / eval_max_steps / eval_tasks /
     eval_videos: the small evaluation (empty tasks = all of crafter-core).
-    cond_scale: classifier-free guidance scale used in the evaluation.
+    cond_scale: classifier-free guidance scale used in the evaluation (1: the best mean lift
+        in two guidance sweeps, docs/results.md).
     relabel: hindsight goal times: "events" (anchored at captioned events, rare ones kept
         visible: aimc.envs.goals) or "steve1" (every U[min, max) steps, the data loader's).
     """
@@ -65,7 +66,7 @@ class QuickstartPlan:
     eval_max_steps: int = 300
     eval_tasks: tuple[str, ...] = ()
     eval_videos: int = 1
-    cond_scale: float = 2.0
+    cond_scale: float = 1.0
     relabel: str = "events"
     seed: int = 0
 
@@ -594,7 +595,7 @@ def summary_text(run: Path, state: dict) -> str:
               f"Videos: {ev / 'videos'} ({len(videos)} files)" if videos else "Videos: none recorded",
               f"Policy weights: {r['policy']['weights']}",
               f"Try it: aimc run --weights {r['policy']['weights']} --mineclip {run / 'mineclip' / 'mineclip.safetensors'} "
-              f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale {state.get('plan', {}).get('cond_scale', 2.0)} --video {run / 'place_table.mp4'}"]
+              f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale {state.get('plan', {}).get('cond_scale', 1.0)} --video {run / 'place_table.mp4'}"]
     if state.get("finetune"):
         f = state["finetune"]
         lines += ["", f"Fine-tuned on {f['skill']} ({f['frames']:,} new frames, 80 % old / 20 % new): {f['weights']}",
