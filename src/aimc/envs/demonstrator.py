@@ -106,8 +106,6 @@ class _Plan:
 
     x0: int
     y0: int
-    x1: int  # exclusive
-    y1: int
     order: list[tuple[int, int]] = field(default_factory=list)  # world coords, nearest first
     first: dict[tuple[int, int], str] = field(default_factory=dict)  # first move towards a tile
 
@@ -297,7 +295,7 @@ class Demonstrator:
         mats = world._mat_map[x0:x1, y0:y1]
         walk_ids = [world._mat_ids[m] for m in _WALKABLE if m in world._mat_ids]
         free = np.isin(mats, walk_ids) & (world._obj_map[x0:x1, y0:y1] == 0)
-        plan = _Plan(x0, y0, x1, y1)
+        plan = _Plan(x0, y0)
         start = (px, py)
         plan.order.append(start)
         seen = {start}
