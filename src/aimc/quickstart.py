@@ -260,19 +260,10 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
         final = train_policy(cfg, run / "policy", train_data=train_data, val_data=val_data)
     finally:
         stop.set()
-    last = {}
-    mpath = run / "policy" / "metrics.jsonl"
-    if mpath.is_file():
-        for line in mpath.read_text().splitlines():
-            rec = json.loads(line)
-            if "train/loss" in rec:
-                last["loss"] = rec["train/loss"]
-            if "val/loss" in rec:
-                last["val_loss"] = rec["val/loss"]
-    spath = run / "policy" / "summary.json"
-    if spath.is_file():  # fewer frames than planned when the time limit stopped training
-        frames = int(json.loads(spath.read_text()).get("frames", frames))
-    return {"weights": str(final), "frames": frames, "seconds": time.time() - t0, **last}
+    # what was trained (fewer frames than planned when the time limit stopped it) and the last losses
+    summary = json.loads((run / "policy" / "summary.json").read_text())
+    last = {k: summary["last"][m] for k, m in (("loss", "train/loss"), ("val_loss", "val/loss")) if m in summary["last"]}
+    return {"weights": str(final), "frames": int(summary["frames"]), "seconds": time.time() - t0, **last}
 
 
 def event_sources(store_root: Path, cfg):
