@@ -54,39 +54,217 @@ _PLAIN_ALLOWED = {
 }
 
 
+class _ForeignGlobal(Exception):
+    """Raised by the fast reader on a global outside the allow-list (the careful reader takes over)."""
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    def __init__(self, f, source: str):
-        super().__init__(f)
-        self._source = source
+    """Fast path (C unpickler): builtins and numpy arrays only."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _PLAIN_ALLOWED:
             return super().find_class(module, name)
-        raise UnsafeFileError(
-            f"{self._source}: refused to load: the pickle asks for '{module}.{name}', which a "
-            "plain-data file never needs (a pickle can run code while loading). If this file "
-            "came from the internet, do not load it with pickle elsewhere either."
+        raise _ForeignGlobal(module, name)
+
+
+class InertRecord:
+    """A foreign object a plain-data pickle built with NEWOBJ + BUILD, kept as data.
+
+    Official VPT ``.model`` files hold ``gym3.types`` objects under ``extra_args``; they
+    become records like ``InertRecord('gym3.types.TensorType', {'eltype': ..., 'shape': ...})``.
+    The named module is never imported and nothing from the file is called.
+    """
+
+    __slots__ = ("cls", "args", "state")
+
+    def __init__(self, cls: str, args: tuple = (), state: Any = None) -> None:
+        self.cls, self.args, self.state = cls, args, state
+
+    def __repr__(self) -> str:
+        return f"<inert {self.cls}>"
+
+
+class _ClassRef:
+    """A global named by the file, not imported: only NEWOBJ (+ BUILD) may use it."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __str__(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _CallAttempt(self)
+
+
+class _CallAttempt(Exception):
+    """The pickle tried to call a foreign global (REDUCE, INST, OBJ)."""
+
+
+_OP = {name: getattr(pickle, name)[0] for name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ", "BUILD")}
+
+
+class _CarefulUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Pure-Python reader that turns NEWOBJ of a foreign class into an :class:`InertRecord`.
+
+    Every opcode that would call something (REDUCE, INST, OBJ, NEWOBJ_EX) is refused when it
+    names a foreign global; globals of modules only an attack would name are refused outright.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, f, source: str):
+        super().__init__(f)
+        self._source = source
+        self.records: set[str] = set()
+
+    def _refuse(self, ref: _ClassRef, opcode: str, how: str) -> UnsafeFileError:
+        return UnsafeFileError(
+            f"{self._source}: refused to load: the pickle {how} '{ref}' ({opcode} opcode, at byte "
+            f"{self._pos()}). A data file only ever builds such objects from stored state (NEWOBJ + BUILD); "
+            "this one asks to call it, so nothing was loaded. If you trust where the file came from, re-save "
+            "it as plain data (e.g. with the tool that made it)."
         )
+
+    def _pos(self) -> int:
+        try:
+            return self._file_read.__self__.tell()  # type: ignore[attr-defined]
+        except Exception:
+            return -1
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN_ALLOWED:
+            return super().find_class(module, name)
+        if module.split(".")[0] in _HOSTILE_MODULES:
+            raise UnsafeFileError(
+                f"{self._source}: refused to load: the pickle names '{module}.{name}', which no data file "
+                "needs (a pickle can run code while loading). Nothing was loaded or run."
+            )
+        return _ClassRef(module, name)
+
+    def _load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if isinstance(cls, _ClassRef):
+            self.records.add(str(cls))
+            self.append(InertRecord(str(cls), tuple(args)))
+        else:
+            self.append(cls.__new__(cls, *args))
+
+    def _load_build(self) -> None:
+        if isinstance(self.stack[-2], InertRecord):  # stack: ..., instance, state
+            state = self.stack.pop()
+            self.stack[-1].state = state
+            return
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    def _calls(opcode: str, base):  # noqa: N805 - builds a dispatch entry
+        def load(self) -> None:
+            try:
+                base(self)
+            except _CallAttempt as e:
+                raise self._refuse(e.args[0], opcode, "asks to call") from None
+
+        return load
+
+    def _load_newobj_ex(self) -> None:
+        if isinstance(self.stack[-3], _ClassRef):
+            raise self._refuse(self.stack[-3], "NEWOBJ_EX", "asks to construct with keyword arguments")
+        pickle._Unpickler.load_newobj_ex(self)  # type: ignore[attr-defined]
+
+    dispatch[_OP["NEWOBJ"]] = _load_newobj
+    dispatch[_OP["NEWOBJ_EX"]] = _load_newobj_ex
+    dispatch[_OP["BUILD"]] = _load_build
+    for _name, _base in (("REDUCE", "load_reduce"), ("OBJ", "load_obj"), ("INST", "load_inst")):
+        dispatch[_OP[_name]] = _calls(_name, getattr(pickle._Unpickler, _base))  # type: ignore[attr-defined]
+    del _name, _base
+
+
+def _find_class_refs(obj: Any, seen: set[int] | None = None) -> _ClassRef | None:
+    """The first bare (never instantiated) foreign global left in loaded data, if any."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return None
+    seen.add(id(obj))
+    if isinstance(obj, _ClassRef):
+        return obj
+    if isinstance(obj, InertRecord):
+        return _find_class_refs(obj.args, seen) or _find_class_refs(obj.state, seen)
+    if isinstance(obj, dict):
+        items: Any = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj
+    else:
+        return None
+    for item in items:
+        found = _find_class_refs(item, seen)
+        if found is not None:
+            return found
+    return None
 
 
 def load_plain_pickle(path: str | Path) -> Any:
-    """Unpickle a file that should contain only plain data (dicts, lists, numbers, arrays)."""
+    """Unpickle a file that should contain only plain data (dicts, lists, numbers, arrays).
+
+    Foreign classes that the file only builds from stored state (NEWOBJ + BUILD, as the
+    ``gym3.types`` objects in official ``.model`` files) come back as :class:`InertRecord`;
+    anything the file asks to *call* is refused with :class:`UnsafeFileError`.
+    """
     path = Path(path)
     data = _read(path)
     try:
-        return _PlainUnpickler(io.BytesIO(data), str(path)).load()
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except _ForeignGlobal:
+        pass  # a foreign global: read again with the careful reader, which decides how it is used
+    except Exception as e:  # truncated or not a pickle
+        raise UnsafeFileError(f"{path}: not a readable pickle ({_describe(e)}); is it the right file?") from None
+    reader = _CarefulUnpickler(io.BytesIO(data), str(path))
+    try:
+        obj = reader.load()
     except UnsafeFileError:
         raise
-    except Exception as e:  # truncated or not a pickle
-        raise UnsafeFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        raise UnsafeFileError(f"{path}: not a readable pickle ({_describe(e)}); is it the right file?") from None
+    bare = _find_class_refs(obj)
+    if bare is not None:
+        raise UnsafeFileError(
+            f"{path}: refused to load: the pickle refers to '{bare}' itself (not to data built from it); "
+            "a data file never needs that. Nothing was loaded or run."
+        )
+    return obj
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _read(path: Path) -> bytes:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: expected a file, found a directory")
+    check_readable_file(path)
     return path.read_bytes()
+
+
+class NotAFileError(UserError, IsADirectoryError):
+    """A directory or other non-file was given where a file is expected."""
+
+
+class EmptyFileError(UserError, ValueError):
+    """The file is empty (an interrupted download or copy?)."""
+
+
+def check_readable_file(path: str | Path, what: str = "file") -> Path:
+    """Clear errors for the usual wrong paths: missing, a directory, empty."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise NotAFileError(f"{path}: is a directory; expected a {what}")
+    if not path.is_file():
+        raise NotAFileError(f"{path}: not a regular file; expected a {what}")
+    if path.stat().st_size == 0:
+        raise EmptyFileError(f"{path}: the file is empty (an interrupted download or copy?); expected a {what}")
+    return path
 
 
 class InertObject:
@@ -156,20 +334,18 @@ def _make_inert_pickle_module(neutralised: list[str]):
 
 def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a ``torch.save`` file safely. Never executes code from the file."""
-    path = Path(path)
-    _read_check = path.exists() and path.is_file()
-    if not _read_check:
-        _read(path)
+    path = check_readable_file(Path(path))
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as first_error:
         msg = str(first_error)
         if "global" not in msg.lower() and "unsupported operand" not in msg.lower():
             raise UnsafeFileError(f"{path}: cannot be read as a PyTorch file: {msg.splitlines()[0]}") from first_error
-    except (RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # truncated, not a checkpoint, or garbage that confuses the reader
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise UnsafeFileError(
-            f"{path}: cannot be read as a PyTorch file (truncated or not a checkpoint?): {str(e).splitlines()[0]}"
-        ) from e
+            f"{path}: cannot be read as a PyTorch file (truncated, or not a checkpoint?): {type(e).__name__}: {first}"
+        ) from None
     # The file holds objects besides tensors. Rebuild the tensors, keep the rest inert.
     neutralised: list[str] = []
     try:

@@ -20,6 +20,7 @@ original ``load_weights`` reads.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import warnings
 from collections import OrderedDict
@@ -29,10 +30,10 @@ from typing import Any
 import torch
 
 from aimc.checkpoints.keys import compare_state_dicts
-from aimc.checkpoints.safe_load import load_plain_pickle, load_torch_file
+from aimc.checkpoints.safe_load import InertRecord, check_readable_file, load_plain_pickle, load_torch_file
 from aimc.config import ConfigError, load_config, save_config, to_dict
 from aimc.errors import UserError
-from aimc.models.vpt import PolicyConfig, STEVE1Policy
+from aimc.models.vpt import INERT_NET_ARGS, PolicyConfig, STEVE1Policy
 from aimc.utils.io import atomic_path, atomic_write_bytes
 
 # Official key -> aimc key. Our module names are the official ones: identity.
@@ -59,6 +60,16 @@ class WeightsMismatchError(UserError, ValueError):
 
 def load_model_file(path: str | Path) -> PolicyConfig:
     """Read an official ``.model`` file (safely) into a :class:`PolicyConfig`."""
+    return read_model_file(path)[0]
+
+
+def read_model_file(path: str | Path) -> tuple[PolicyConfig, dict[str, str]]:
+    """Read a ``.model`` file -> (config, the parts it holds that the network never uses).
+
+    Official files also carry ``extra_args`` (the action/observation spaces as ``gym3.types``
+    objects, read as inert records: gym3 is never imported), a ``version``, OpenAI-internal
+    factory names and reward-monitor settings; the second value names each with a short note.
+    """
     path = Path(path)
     data = load_plain_pickle(path)
     try:
@@ -67,7 +78,7 @@ def load_model_file(path: str | Path) -> PolicyConfig:
     except (KeyError, TypeError) as e:
         raise UserError(
             f"{path}: not a VPT .model file: expected a pickled dict with "
-            '["model"]["args"]["net"]["args"] (the network kwargs)'
+            '["model"]["args"]["net"]["args"] (the network kwargs); is it the right file?'
         ) from e
     if not isinstance(net_args, dict):
         raise UserError(f"{path}: ['model']['args']['net']['args'] should be a dict, found {type(net_args).__name__}")
@@ -76,9 +87,52 @@ def load_model_file(path: str | Path) -> PolicyConfig:
     # written by save_model_file, ignored by the original loaders.
     extra = args.get(AIMC_MODEL_KEY) or {}
     try:
-        return PolicyConfig.from_net_args(net_args, pi_head_opts, **extra)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = PolicyConfig.from_net_args(net_args, pi_head_opts, **extra)
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: unsupported network settings: {e}") from e
+    for w in caught:
+        warnings.warn(f"{path}: {w.message}", stacklevel=2)
+    return cfg, _ignored_parts(data, args, net_args)
+
+
+def _ignored_parts(data: dict, args: dict, net_args: dict) -> dict[str, str]:
+    ignored: dict[str, str] = {}
+    for key, value in data.items():
+        if key == "model":
+            continue
+        if isinstance(value, dict) and any(isinstance(v, InertRecord) for v in value.values()):
+            classes = sorted(_record_classes(value))
+            ignored[key] = f"{', '.join(value)}: {', '.join(classes)} objects, read as inert data (never imported)"
+        else:
+            ignored[key] = _short(value)
+    for key in sorted(k for k in data["model"] if k != "args"):
+        ignored[f"model.{key}"] = _short(data["model"][key])
+    for key in sorted(k for k in args["net"] if k != "args"):
+        ignored[f"model.args.net.{key}"] = _short(args["net"][key])
+    for key in sorted(k for k in args if k not in ("net", "pi_head_opts", AIMC_MODEL_KEY)):
+        ignored[f"model.args.{key}"] = _short(args[key])
+    for key in sorted(INERT_NET_ARGS & set(net_args)):
+        ignored[f"model.args.net.args.{key}"] = _short(net_args[key])
+    return ignored
+
+
+def _record_classes(obj: Any) -> set[str]:
+    if isinstance(obj, InertRecord):
+        return {obj.cls} | _record_classes(obj.args) | _record_classes(obj.state)
+    if isinstance(obj, dict):
+        return set().union(*(_record_classes(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, (list, tuple)):
+        return set().union(*(_record_classes(v) for v in obj)) if obj else set()
+    return set()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"dict with keys {', '.join(map(str, list(value)[:6]))}" + (" ..." if len(value) > 6 else "")
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def save_model_file(cfg: PolicyConfig, path: str | Path) -> None:
@@ -128,7 +182,14 @@ def policy_state_dict_to_official(sd: dict[str, torch.Tensor]) -> "OrderedDict[s
 # ---- loading ----------------------------------------------------------------------------
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # a zip archive or a pickle (protocol >= 2)
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    check_readable_file(path, "weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -288,13 +349,36 @@ def save_policy(policy: STEVE1Policy, path: str | Path, model_path: str | Path |
     return path
 
 
+ARCHITECTURE_KEYS = (
+    "hidsize", "impala_width", "impala_chans", "attention_heads", "n_recurrence_layers", "recurrence_type",
+    "attention_memory_size", "timesteps", "img_shape", "temperature", "mineclip_embed_dim", "goal_conditioning",
+)  # fmt: skip
+
+
 def inspect_file(path: str | Path) -> dict[str, Any]:
     """Summary of a ``.model``, ``.weights``/``.pt`` or ``.safetensors`` policy file."""
-    path = Path(path)
+    path = check_readable_file(Path(path), "policy file (.model, .weights/.pt/.pth or .safetensors)")
+    if path.suffix not in (".model", ".safetensors", *WEIGHTS_SUFFIXES) and not _looks_like_torch_file(path):
+        raise UserError(
+            f"{path}: not a policy file: expected a VPT .model, official .weights/.pt/.pth or aimc "
+            ".safetensors file (this one is neither a pickle nor a zip archive)"
+        )
     if path.suffix == ".model":
-        cfg = load_model_file(path)
+        cfg, ignored = read_model_file(path)
+        cfg_dict = to_dict(cfg)
+        with torch.device("meta"):  # count parameters without allocating them
+            n_vpt = sum(v.numel() for v in STEVE1Policy(dataclasses.replace(cfg, mineclip_embed_dim=0)).state_dict().values())
+            n_goal = sum(v.numel() for v in STEVE1Policy(cfg).state_dict().values())
         net_args, pi = cfg.to_net_args()
-        return {"file": str(path), "kind": "VPT .model (network kwargs)", "net_args": net_args, "pi_head_opts": pi}
+        return {
+            "file": str(path),
+            "kind": "VPT .model (network kwargs)",
+            "architecture": {k: cfg_dict[k] for k in ARCHITECTURE_KEYS},
+            "parameters": {"vpt": n_vpt, f"steve1_with_{cfg.mineclip_embed_dim}d_goal": n_goal},
+            "net_args": net_args,
+            "pi_head_opts": pi,
+            "ignored": ignored,
+        }
     raw = _read_tensors(path)
     sd = official_to_policy_state_dict(raw, str(path))
     prefix = next((p for p in KNOWN_PREFIXES if raw and all(k.startswith(p) for k in raw)), "")

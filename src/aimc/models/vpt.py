@@ -532,7 +532,7 @@ class ValueHead(nn.Module):
 
 # Keys of official net args that the original accepts but that do not change this network
 # (at the values given). Any other unknown key is reported.
-_INERT_NET_ARGS = frozenset({"input_shape", "active_reward_monitors", "obs_processing_width"})
+INERT_NET_ARGS = frozenset({"input_shape", "active_reward_monitors", "obs_processing_width"})
 _FIXED_NET_ARGS = {
     "scale_input_img": True,
     "img_statistics": None,
@@ -706,7 +706,7 @@ class PolicyConfig:
             elif key in _FIXED_NET_ARGS:
                 if value != _FIXED_NET_ARGS[key]:
                     raise ValueError(f"net arg {key}={value!r} is not supported (only {_FIXED_NET_ARGS[key]!r})")
-            elif key not in _INERT_NET_ARGS:
+            elif key not in INERT_NET_ARGS:
                 warnings.warn(f"ignoring unknown net arg {key}={value!r} (the original ignores it too)", stacklevel=2)
         for key in ("img_shape", "impala_chans"):
             if key in kwargs:
