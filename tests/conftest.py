@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Conformance fixtures (golden outputs of the original STEVE-1/VPT/MineCLIP code) are
-discovered under ``$AIMC_CONFORMANCE_DIR`` (default ``<repo>/../shared/conformance``).
+discovered under ``$AIMC_CONFORMANCE_DIR`` (default: the copy vendored in
+``tests/fixtures/conformance``, so a fresh clone tests itself with nothing beside it).
 Every folder below it that holds a case's marker file is a case; finding none is a
 failure, not a skip.
 """
@@ -19,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def conformance_root() -> Path:
     env = os.environ.get("AIMC_CONFORMANCE_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "conformance"
+    return Path(env) if env else REPO_ROOT / "tests" / "fixtures" / "conformance"
 
 
 def find_cases(marker: str) -> list[Path]:

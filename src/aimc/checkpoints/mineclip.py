@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from aimc.checkpoints.keys import compare_state_dicts, list_keys
-from aimc.checkpoints.safe_load import load_torch_file
+from aimc.checkpoints.safe_load import check_readable_file, load_torch_file
 from aimc.errors import UserError
 from aimc.models.mineclip import MineCLIP, MineCLIPConfig
 from aimc.utils.io import atomic_path
@@ -110,9 +110,7 @@ def load_mineclip(
     ``config`` defaults to the one stored in a safetensors file, else the official model.
     ``check_md5`` verifies the official file's MD5 as STEVE-1 does. Returns the model in eval mode.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MineCLIP checkpoint not found (the official file is attn.pth)")
+    path = check_readable_file(Path(path), "MineCLIP checkpoint (the official file is attn.pth)")
     if path.suffix == ".safetensors":
         sd, stored_cfg = _read_safetensors(path)
         config = config or stored_cfg

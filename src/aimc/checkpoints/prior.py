@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from aimc.checkpoints.keys import compare_state_dicts
-from aimc.checkpoints.safe_load import load_torch_file
+from aimc.checkpoints.safe_load import check_readable_file, load_torch_file
 from aimc.errors import UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
 from aimc.utils.io import atomic_path
@@ -69,9 +69,7 @@ def load_state_dict_strict(model: PriorCVAE, sd: dict[str, torch.Tensor], source
 
 def load_prior(path: str | Path, config: PriorConfig | None = None, map_location: str | torch.device = "cpu") -> PriorCVAE:
     """Load ``steve1_prior.pt`` (or an aimc ``.safetensors``) strictly; returns the prior in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: prior checkpoint not found (the official file is steve1_prior.pt)")
+    path = check_readable_file(Path(path), "prior checkpoint (the official file is steve1_prior.pt)")
     stored_cfg = None
     if path.suffix == ".safetensors":
         try:

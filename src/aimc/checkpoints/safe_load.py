@@ -122,7 +122,7 @@ class _CarefulUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     def _refuse(self, ref: _ClassRef, opcode: str, how: str) -> UnsafeFileError:
         return UnsafeFileError(
-            f"{self._source}: refused to load: the pickle {how} '{ref}' ({opcode} opcode, at byte "
+            f"{self._source}: refused to load: the pickle {how.format(ref=ref)} ({opcode} opcode, at byte "
             f"{self._pos()}). A data file only ever builds such objects from stored state (NEWOBJ + BUILD); "
             "this one asks to call it, so nothing was loaded. If you trust where the file came from, re-save "
             "it as plain data (e.g. with the tool that made it)."
@@ -165,13 +165,13 @@ class _CarefulUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             try:
                 base(self)
             except _CallAttempt as e:
-                raise self._refuse(e.args[0], opcode, "asks to call") from None
+                raise self._refuse(e.args[0], opcode, "asks to call '{ref}'") from None
 
         return load
 
     def _load_newobj_ex(self) -> None:
         if isinstance(self.stack[-3], _ClassRef):
-            raise self._refuse(self.stack[-3], "NEWOBJ_EX", "asks to construct with keyword arguments")
+            raise self._refuse(self.stack[-3], "NEWOBJ_EX", "asks to construct '{ref}' with keyword arguments")
         pickle._Unpickler.load_newobj_ex(self)  # type: ignore[attr-defined]
 
     dispatch[_OP["NEWOBJ"]] = _load_newobj
@@ -354,8 +354,8 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except UnsafeFileError as e:
         raise UnsafeFileError(f"{path}: {e}") from None
-    except Exception as e:
-        raise UnsafeFileError(f"{path}: refused to load: {e}") from e
+    except Exception as e:  # not a checkpoint after all (garbage, truncated)
+        raise UnsafeFileError(f"{path}: cannot be read as a PyTorch file (truncated, or not a checkpoint?): {_describe(e)}") from None
     if neutralised:
         warnings.warn(
             f"{path}: ignored {len(set(neutralised))} non-tensor object type(s) in the file "

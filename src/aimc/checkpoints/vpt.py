@@ -299,9 +299,12 @@ def load_policy(
     * aimc: ``weights_path`` = ``.safetensors``; its config comes from the sidecar
       ``<stem>.yaml`` unless ``config`` is given.
     """
-    weights_path = Path(weights_path)
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path}: weights file not found")
+    weights_path = check_readable_file(Path(weights_path), "weights file")
+    if weights_path.suffix != ".safetensors" and not _looks_like_torch_file(weights_path):
+        raise UserError(
+            f"{weights_path}: not a weights file: expected official .weights/.pt (a PyTorch file) or aimc "
+            ".safetensors; this one is neither a pickle nor a zip archive"
+        )
     if config is None:
         if model_path is not None:
             config = load_model_file(model_path)

@@ -65,6 +65,8 @@ def _check_init(cfg: TrainConfig) -> list[str]:
         init = Path(m.init)
         if not init.is_file():
             out.append(f"model.init {init}: file not found (download it or fix the path)")
+        elif init.stat().st_size == 0:
+            out.append(f"model.init {init}: the file is empty (an interrupted download or copy?)")
         elif init.suffix == ".safetensors":
             if not m.model_file and not init.with_suffix(".yaml").is_file():
                 out.append(f"model.init {init}: its config sidecar {init.with_suffix('.yaml').name} is missing "

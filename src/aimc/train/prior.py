@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from aimc.checkpoints.prior import save_prior
-from aimc.checkpoints.safe_load import load_plain_pickle
+from aimc.checkpoints.safe_load import check_readable_file, load_plain_pickle
 from aimc.config import save_config
 from aimc.errors import UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
@@ -89,16 +89,20 @@ class PriorTrainConfig:
 
 def load_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a pairs file (.npz or the original data.pkl) -> (text (N, D), visual (N, D)) float32."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pairs file not found")
+    path = check_readable_file(Path(path), "pairs file (.npz or data.pkl)")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            missing = {"text_embeddings", "visual_embeddings"} - set(f.files)
-            if missing:
-                raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {f.files}. "
-                                "Write it with np.savez(path, text_embeddings=..., visual_embeddings=...)")
-            text, visual = f["text_embeddings"], f["visual_embeddings"]
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                missing = {"text_embeddings", "visual_embeddings"} - set(f.files)
+                if missing:
+                    raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {f.files}. "
+                                    "Write it with np.savez(path, text_embeddings=..., visual_embeddings=...)")
+                text, visual = f["text_embeddings"], f["visual_embeddings"]
+        except UserError:
+            raise
+        except Exception as e:  # not an .npz archive, truncated, or arrays of Python objects
+            raise UserError(f"{path}: not a readable .npz of embeddings ({type(e).__name__}: {e}); "
+                            "is it the right file?") from None
     else:
         data = load_plain_pickle(path)
         if not isinstance(data, dict) or not {"text_embeddings", "visual_embeddings"} <= set(data):
