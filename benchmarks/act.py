@@ -9,10 +9,10 @@ sampling, and the actions copied back to the host, as an environment loop needs 
 * ``naive fp32``: eager float32, one forward with the conditional rows only (no guidance);
 * ``naive guided``: eager float32, the conditional and the unconditional rows as two separate
   forward calls with their own recurrent state, mixed afterwards;
-* ``batched guided``: both row sets in one forward (``STEVE1Policy.act``), float32;
-* ``shared-CNN guided``: ``aimc.agent.guided_act``, one pass where the IMPALA CNN (most of the
-  compute) runs once per frame for both row sets, float32 (bfloat16 autocast on GPU too);
-* ``optimised guided`` (GPU): ``aimc.agent.GraphedGuidedAct``, the shared-CNN step under
+* ``shared-CNN guided``: ``STEVE1Policy.act``, one pass where the IMPALA CNN (most of the
+  compute) runs once per frame for both row sets and the trunk on both row sets in one batch,
+  float32 (bfloat16 autocast on GPU too);
+* ``optimised guided`` (GPU): ``aimc.agent.GraphedGuidedAct``, the same step under
   bfloat16 autocast captured in a CUDA graph (static input buffers, the recurrent state updated
   in place, no host syncs inside).
 
@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from aimc.agent.agent import GraphedGuidedAct, guided_act  # noqa: E402
+from aimc.agent.agent import GraphedGuidedAct  # noqa: E402
 from aimc.models.vpt import PolicyConfig, STEVE1Policy  # noqa: E402
 
 ORIGINAL = {"fp32_ms": 7.6, "guided_ms": 8.5, "batched64_env_steps_per_s": 3045}
@@ -98,20 +98,6 @@ def naive_guided(policy, cfg, n, device, scale: float):
     return step
 
 
-def batched_guided(policy, cfg, n, device, scale: float, amp: torch.dtype | None = None):
-    img, goal, first = _inputs(cfg, n, device)
-    state = [policy.initial_state(2 * n, device)]
-    ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
-
-    @torch.no_grad()
-    def step():
-        with ctx():
-            a, state[0], _info = policy.act(img, goal, first, state[0], cond_scale=scale, stochastic=True)
-        return {k: v.cpu() for k, v in a.items()}
-
-    return step
-
-
 def shared_cnn_guided(policy, cfg, n, device, scale: float, amp: torch.dtype | None = None):
     img, goal, first = _inputs(cfg, n, device)
     state = [policy.initial_state(2 * n, device)]
@@ -119,7 +105,7 @@ def shared_cnn_guided(policy, cfg, n, device, scale: float, amp: torch.dtype | N
 
     def step():
         with ctx():
-            a, state[0], _ = guided_act(policy, img, goal, first, state[0], scale)
+            a, state[0], _ = policy.act(img, goal, first, state[0], cond_scale=scale)
         return {k: v.cpu() for k, v in a.items()}
 
     return step
@@ -156,9 +142,10 @@ def bf16_agreement(policy, cfg, device, scale: float, n: int = 16, steps: int = 
         img = torch.randint(0, 256, (n, h, w, 3), generator=g, dtype=torch.uint8).to(device)
         goal = torch.randn(n, cfg.mineclip_embed_dim, generator=g).to(device)
         first = torch.full((n,), t == 0, device=device)
-        a32, s32, l32 = guided_act(policy, img, goal, first, s32, scale, stochastic=False)
+        a32, s32, i32 = policy.act(img, goal, first, s32, cond_scale=scale, stochastic=False)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            a16, s16, l16 = guided_act(policy, img, goal, first, s16, scale, stochastic=False)
+            a16, s16, i16 = policy.act(img, goal, first, s16, cond_scale=scale, stochastic=False)
+        l32, l16 = i32["logits"], i16["logits"]
         for k in a32:
             lp32 = l32[k].float() - l32[k].float().logsumexp(-1, keepdim=True)
             lp16 = l16[k].float() - l16[k].float().logsumexp(-1, keepdim=True)
@@ -194,7 +181,6 @@ def main(argv=None) -> int:
         variants = {
             "naive fp32 (unguided)": naive_unguided(policy, cfg, n, device),
             "naive guided (2 forwards, fp32)": naive_guided(policy, cfg, n, device, args.cond_scale),
-            "batched guided (1 forward, fp32)": batched_guided(policy, cfg, n, device, args.cond_scale),
             "shared-CNN guided (fp32)": shared_cnn_guided(policy, cfg, n, device, args.cond_scale),
         }
         if device.type == "cuda":

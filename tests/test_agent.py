@@ -111,10 +111,30 @@ def test_guided_act_is_one_batched_forward(agent):
         agent.cond_scale = 6.0
 
 
+@torch.no_grad()
+def two_pass_guided_act(policy, img, goal, first, state, scale, stochastic=True, generator=None):
+    """Guidance the long way: the conditional rows and the unconditional rows each run through the
+    whole network (CNN included) with their own half of the 2B-row state, then
+    ``(1 + s) * cond - s * uncond`` (log_softmax'd when ``renormalize_guided_logits``).
+    -> (actions, new state [cond ; uncond], scores)."""
+    from aimc.models.vpt import select_state
+
+    b = img.shape[0]
+    first = first.bool()[:, None]
+    lc, _, sc = policy(img[:, None], goal[:, None], first, select_state(state, slice(0, b)))
+    lu, _, su = policy(img[:, None], torch.zeros_like(goal)[:, None], first, select_state(state, slice(b, 2 * b)))
+    scores = {k: (1 + scale) * lc[k][:, 0] - scale * lu[k][:, 0] for k in lc}
+    if policy.cfg.renormalize_guided_logits:
+        scores = {k: torch.log_softmax(v, dim=-1) for k, v in scores.items()}
+    actions = policy.sample(scores, generator) if stochastic else policy.argmax(scores)
+    state = [tuple(torch.cat([c, u]) for c, u in zip(lc_, lu_)) for lc_, lu_ in zip(sc, su)]
+    return actions, state, scores
+
+
 def _act_both_ways(policy, seed: int, firsts: list[tuple[bool, bool]], scale: float):
-    """Step ``policy.act`` and ``guided_act`` side by side on the same random frames and goals:
-    [(actions, guided_act actions, guided_act scores, act info)] per step, and both final states."""
-    from aimc.agent.agent import guided_act
+    """Step ``policy.act`` and the two-pass reference side by side on the same random frames and goals:
+    [(actions, reference actions, reference scores, act info)] per step, and both final states."""
+    guided_act = two_pass_guided_act
 
     rng = np.random.default_rng(seed)
     s1, s2 = policy.initial_state(4), policy.initial_state(4)
@@ -218,3 +238,66 @@ def test_guided_act_matches_policy_act_with_film_conditioning():
     steps, _, _ = _act_both_ways(policy, 4, [(t == 0, t == 0) for t in range(3)], 2.0)
     for _, _, scores, info in steps:
         torch.testing.assert_close(scores["action"], info["logits"]["action"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b,renormalize", [(1, False), (3, False), (3, True)])
+def test_one_guidance_path_equals_two_pass_guidance(b, renormalize):
+    """``STEVE1Policy.act`` (one CNN pass, one trunk pass over [cond ; uncond]) gives what running the
+    conditional and the unconditional rows separately through the whole network gave, sampling included."""
+    from aimc.models.vpt import PolicyConfig, STEVE1Policy, guided_scores
+
+    torch.manual_seed(1)
+    policy = STEVE1Policy(PolicyConfig.tiny(action_heads={"buttons": 9, "camera": 11}, mineclip_embed_dim=TINY_EMBED,
+                                            renormalize_guided_logits=renormalize))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rng = np.random.default_rng(5)
+    s1, s2 = policy.initial_state(2 * b), policy.initial_state(2 * b)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for step in range(5):
+        img = torch.from_numpy(rng.integers(0, 255, (b, 64, 64, 3), dtype=np.uint8))
+        goal = torch.from_numpy(rng.standard_normal((b, TINY_EMBED)).astype(np.float32))
+        first = torch.from_numpy(rng.random(b) < 0.3) if step else torch.ones(b, dtype=torch.bool)
+        a1, s1, info = policy.act(img, goal, first, s1, cond_scale=3.0, stochastic=True, generator=g1)
+        a2, s2, scores = two_pass_guided_act(policy, img, goal, first, s2, 3.0, stochastic=True, generator=g2)
+        tol = 1e-5 * (1 + 2 * 3.0)  # guidance amplifies float rounding (a single frame's CNN rounds differently)
+        for k in scores:
+            torch.testing.assert_close(info["logits"][k], scores[k], rtol=tol, atol=tol)
+            assert torch.equal(a1[k], a2[k]), f"step {step} {k}"
+        normalised = {k: torch.log_softmax(v, -1) for k, v in scores.items()}
+        torch.testing.assert_close(info["sampled_log_prob"], policy.log_prob(normalised, a2), rtol=tol, atol=tol)
+        torch.testing.assert_close(info["log_prob"], policy.log_prob(scores, a2), rtol=tol, atol=tol)
+    for l1, l2 in zip(s1, s2):
+        for x, y in zip(l1, l2):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    # the pure function itself
+    lc, lu = {"a": torch.log_softmax(torch.randn(2, 4), -1)}, {"a": torch.log_softmax(torch.randn(2, 4), -1)}
+    torch.testing.assert_close(guided_scores(lc, lu, 2.0)["a"], 3 * lc["a"] - 2 * lu["a"])
+    torch.testing.assert_close(guided_scores(lc, lu, 0.0)["a"], lc["a"])
+    assert torch.allclose(guided_scores(lc, lu, 2.0, renormalize=True)["a"].exp().sum(-1), torch.ones(2))
+
+
+def test_agent_act_returns_what_the_policy_computed(agent):
+    """``act(..., return_info=True)``: the sampled actions' log-probs under the guided, normalised
+    distribution, the value head's estimate and the goals; the actions are those of a plain call."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    goals = agent.text_goals(["a", "b"], [0, 1])
+    agent.generator.manual_seed(11)
+    agent.reset(2)
+    plain = agent.act(frames, goals, np.ones(2, bool))
+    agent.generator.manual_seed(11)
+    agent.reset(2)
+    actions, info = agent.act(frames, goals, np.ones(2, bool), return_info=True)
+    np.testing.assert_array_equal(actions["action"], plain["action"])
+    assert set(info) == {"log_prob", "value", "goal"}
+    np.testing.assert_array_equal(info["goal"], goals)
+    # the same step straight through the policy
+    state = agent.policy.initial_state(4)
+    _, _, ref = agent.policy.act(agent._prepare(frames), torch.as_tensor(goals), torch.ones(2, dtype=torch.bool), state,
+                                 cond_scale=agent.cond_scale, stochastic=False)
+    lp = torch.log_softmax(ref["logits"]["action"], -1)[torch.arange(2), torch.as_tensor(actions["action"])]
+    np.testing.assert_allclose(info["log_prob"], lp.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(info["value"], ref["vpred"].numpy(), rtol=1e-5, atol=1e-5)
+    assert (info["log_prob"] <= 0).all() and info["log_prob"].dtype == np.float32

@@ -346,15 +346,11 @@ def stage_prior(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
 
 
 def _agent(run: Path, results: dict, cond_scale: float, seed: int):
-    from aimc.agent.commands import add_agent_arguments, build_agent
+    from aimc.agent.agent import Agent
 
-    parser = argparse.ArgumentParser()
-    add_agent_arguments(parser)  # the same flags (and defaults) as aimc eval
-    args = parser.parse_args(["--weights", str(results["policy"]["weights"]),
-                              "--mineclip", str(run / "mineclip" / "mineclip.safetensors"),
-                              "--prior", str(results["prior"]["path"]), "--cond-scale", str(cond_scale),
-                              "--device", "cpu", "--seed", str(seed)])
-    return build_agent(args, need_text=True)
+    # the same agent aimc eval builds from these files (sampled actions, one prior sample per episode)
+    return Agent.load(results["policy"]["weights"], run / "mineclip" / "mineclip.safetensors", results["prior"]["path"],
+                      "cpu", need_text=True, cond_scale=cond_scale, seed=seed)
 
 
 def stage_eval(run: Path, plan: QuickstartPlan, display: _Display, results: dict) -> dict:

@@ -12,7 +12,7 @@ conditional and an unconditional row per environment, and the policy mixes their
 ``(1 + s) * cond - s * uncond`` with ``s = cond_scale`` (see ``STEVE1Policy.act``).
 
     agent = Agent.load("run/final.safetensors", mineclip="mineclip.safetensors",
-                       prior="prior.safetensors", cond_scale=6.0)
+                       prior="prior.safetensors", cond_scale=6.0)   # None: found beside the weights
     agent.reset(batch_size=4)
     goals = agent.text_goals(["chop a tree"] * 4, seeds=[0, 1, 2, 3])   # (4, D)
     actions = agent.act(frames, goals, first)                              # {"action": (4,)}
@@ -34,48 +34,32 @@ from aimc.errors import UserError
 GOAL_CLIP_FRAMES = 16
 
 
-@torch.no_grad()
-def guided_act(
-    policy: Any,
-    img: torch.Tensor,
-    goal: torch.Tensor,
-    first: torch.Tensor,
-    state: Any,
-    cond_scale: float,
-    stochastic: bool = True,
-    generator: torch.Generator | None = None,
-) -> tuple[dict[str, torch.Tensor], Any, dict[str, torch.Tensor]]:
-    """``STEVE1Policy.act`` with guidance, computing the image features once for both row sets.
+_COMPANIONS = {
+    "mineclip": ("mineclip.safetensors", "mineclip/model.safetensors", "mineclip/checkpoints/last.safetensors",
+                 "mineclip/mineclip.safetensors", "attn.pth"),
+    "prior": ("prior.safetensors", "prior/model.safetensors", "prior/checkpoints/last.safetensors",
+              "prior/prior.safetensors", "steve1_prior.pt"),
+}
 
-    img (B, H, W, 3) uint8, goal (B, E), first (B,), state with 2B rows [cond ; uncond] ->
-    (actions {head: (B,)}, new state, guided scores {head: (B, n)}). The conditional and the
-    unconditional rows see the same frame, so the IMPALA CNN (most of the compute) runs on B
-    frames and its features are duplicated; the goal enters after it. Same result as
-    ``policy.act(..., cond_scale=s)`` (checked in tests/test_agent.py).
-    """
-    net = policy.net
-    b = img.shape[0]
-    feats = net.img_process(img[:, None])  # (B, 1, D), once for both row sets
-    x = torch.cat([feats, feats])  # (2B, 1, D)
-    goals = torch.cat([goal, torch.zeros_like(goal)])[:, None]  # (2B, 1, E): [goal ; no goal]
-    latent, state = net.recur(x, goals, torch.cat([first, first]).bool()[:, None], state)  # (2B, 1, D)
-    s = float(cond_scale)
-    scores = {}
-    for k, head in policy.pi_head.items():
-        lp = head(latent)[:, 0]  # (2B, n) normalised log-probs
-        scores[k] = (1 + s) * lp[:b] - s * lp[b:]
-        if policy.cfg.renormalize_guided_logits:
-            scores[k] = torch.log_softmax(scores[k], dim=-1)
-    actions = policy.sample(scores, generator) if stochastic else policy.argmax(scores)
-    return actions, state, scores
+
+def find_companion(weights: str | Path, kind: str) -> Path | None:
+    """The MineCLIP (``kind="mineclip"``) or prior (``"prior"``) checkpoint that belongs to
+    ``weights``: the first known file name in the weights' folder or the three above it."""
+    start = Path(weights).resolve().parent
+    for folder in [start, *list(start.parents)[:3]]:
+        for name in _COMPANIONS[kind]:
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
 
 class GraphedGuidedAct:
-    """:func:`guided_act` for a fixed batch captured in a CUDA graph (GPU only).
+    """The guided ``STEVE1Policy.act`` step for a fixed batch, captured in a CUDA graph (GPU only).
 
     Inputs are copied into static buffers, the recurrent state is updated in place inside the
-    graph, and one ``replay`` runs the whole step with no host synchronisation; only the
-    actions come back. ``amp_dtype`` (e.g. bfloat16) runs it under autocast. Sampling uses the
+    graph, and one ``replay`` runs the whole step with no host synchronisation; the actions
+    (and ``info``, the step's log-probs and values) come back in static buffers that the next
+    replay overwrites. ``amp_dtype`` (e.g. bfloat16) runs it under autocast. Sampling uses the
     default CUDA generator (seed it with ``torch.cuda.manual_seed``).
     """
 
@@ -96,19 +80,19 @@ class GraphedGuidedAct:
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.actions = self._step()
+            self.actions, self.info = self._step()
         self.reset_state()
 
-    def _step(self) -> dict[str, torch.Tensor]:
+    def _step(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         ctx = (torch.autocast("cuda", dtype=self.amp_dtype, cache_enabled=False)
                if self.amp_dtype is not None else nullcontext())
         with ctx:
-            actions, new_state, _ = guided_act(self.policy, self.img, self.goal, self.first, self.state,
-                                               self.cond_scale, self.stochastic)
+            actions, new_state, info = self.policy.act(self.img, self.goal, self.first, self.state,
+                                                       cond_scale=self.cond_scale, stochastic=self.stochastic)
         for old, new in zip(self.state, new_state):
             for o, n in zip(old, new):
                 o.copy_(n)
-        return actions
+        return actions, info
 
     def reset_state(self) -> None:
         fresh = self.policy.initial_state(self.img.shape[0] * 2, self.img.device)
@@ -117,6 +101,7 @@ class GraphedGuidedAct:
                 o.copy_(n)
 
     def __call__(self, img: torch.Tensor, goal: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step; the actions {head: (B,)} (``self.info`` holds the step's info)."""
         self.img.copy_(img, non_blocking=True)
         self.goal.copy_(goal, non_blocking=True)
         self.first.copy_(first, non_blocking=True)
@@ -182,24 +167,43 @@ class Agent:
         mineclip: str | Path | None = None,
         prior: str | Path | None = None,
         device: str | None = None,
+        *,
+        model: str | Path | None = None,
+        companions: bool = True,
+        need_text: bool = False,
         **kwargs: Any,
     ) -> Agent:
-        """Load the policy (``.weights`` + ``.model`` or ``.safetensors`` + ``.yaml``), MineCLIP and prior."""
+        """An agent from files: the policy (``.safetensors`` + ``.yaml`` beside it, or official
+        ``.weights`` + ``model``, the ``.model`` file), MineCLIP and the prior.
+
+        mineclip / prior: checkpoint paths; None looks for the checkpoint that belongs to the
+        weights (:func:`find_companion`) unless ``companions`` is False. need_text: fail with a
+        :class:`UserError` when no MineCLIP checkpoint is found (text prompts need one).
+        device: default cuda if available. ``kwargs`` go to :class:`Agent` (``cond_scale``,
+        ``stochastic``, ``seed``, ``amp_dtype``, ``cuda_graph`` ...). The agent's name (what
+        :meth:`describe` reports, checked when an evaluation resumes) is the weights' full path.
+        """
         from aimc.checkpoints.vpt import load_policy
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        policy = load_policy(weights)
-        clip = None
+        policy = load_policy(weights, model_path=model)
+        if mineclip is None and companions:
+            mineclip = find_companion(weights, "mineclip")
+        if prior is None and companions:
+            prior = find_companion(weights, "prior")
+        clip = pri = None
         if mineclip is not None:
             from aimc.checkpoints.mineclip import load_mineclip
 
             clip = load_mineclip(mineclip)
-        pri = None
+        elif need_text:
+            raise UserError(f"no MineCLIP checkpoint found near {weights}: pass --mineclip PATH")
         if prior is not None:
             from aimc.checkpoints.prior import load_prior
 
             pri = load_prior(prior)
-        return cls(policy, clip, pri, device=dev, name=str(weights), **kwargs)
+        kwargs.setdefault("name", str(Path(weights).resolve()))
+        return cls(policy, clip, pri, device=dev, **kwargs)
 
     def describe(self) -> dict:
         """What identifies this agent's results (checked when an evaluation is resumed)."""
@@ -302,10 +306,15 @@ class Agent:
         return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
 
     @torch.no_grad()
-    def act(self, frames: np.ndarray, goals: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray]:
+    def act(self, frames: np.ndarray, goals: np.ndarray, first: np.ndarray, return_info: bool = False):
         """frames (B, H, W, 3) uint8, goals (B, D), first (B,) bool -> actions {head: int64 (B,)}.
 
-        ``first[i]`` starts a new episode in slot i (its carried memory is dropped).
+        ``first[i]`` starts a new episode in slot i (its carried memory is dropped). Every step
+        goes through ``STEVE1Policy.act`` (guided when :attr:`guided`), the one acting path.
+        ``return_info``: return ``(actions, info)`` with what the policy computed: ``log_prob``
+        (B,) float32, the log-probability of each sampled action under the (guided, normalised)
+        distribution it was drawn from; ``value`` (B,) float32, the value head's denormalised
+        estimate for the conditional row; ``goal`` (B, D) float32, the goals acted on.
         """
         if self.state is None or len(frames) != self.batch_size:
             self.reset(len(frames))
@@ -313,16 +322,18 @@ class Agent:
         goal = torch.as_tensor(np.asarray(goals, np.float32), device=self.device) if self.embed_dim > 0 else None
         first_t = torch.as_tensor(np.asarray(first, bool), device=self.device)
         if self._graph is not None:
-            actions = self._graph(img, goal, first_t)
-        elif self.guided:
-            with self._autocast():
-                actions, self.state, _ = guided_act(self.policy, img, goal, first_t, self.state, self.cond_scale,
-                                                    self.stochastic, self.generator)
+            actions, info = self._graph(img, goal, first_t), self._graph.info
         else:
             with self._autocast():
-                actions, self.state, _info = self.policy.act(img, goal, first_t, self.state, cond_scale=0.0,
-                                                             stochastic=self.stochastic, generator=self.generator)
-        return {k: v.cpu().numpy().astype(np.int64) for k, v in actions.items()}
+                actions, self.state, info = self.policy.act(
+                    img, goal, first_t, self.state, cond_scale=self.cond_scale if self.guided else 0.0,
+                    stochastic=self.stochastic, generator=self.generator)
+        out = {k: v.cpu().numpy().astype(np.int64) for k, v in actions.items()}
+        if not return_info:
+            return out
+        return out, {"log_prob": info["sampled_log_prob"].float().cpu().numpy(),
+                     "value": info["vpred"].float().cpu().numpy(),
+                     "goal": np.asarray(goals, np.float32).copy()}
 
 
 class RandomAgent:

@@ -26,50 +26,16 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for action sampling and world seeds")
 
 
-_COMPANIONS = {
-    "mineclip": ("mineclip.safetensors", "mineclip/model.safetensors", "mineclip/checkpoints/last.safetensors",
-                 "mineclip/mineclip.safetensors", "attn.pth"),
-    "prior": ("prior.safetensors", "prior/model.safetensors", "prior/checkpoints/last.safetensors",
-              "prior/prior.safetensors", "steve1_prior.pt"),
-}
-
-
-def find_companion(weights: str | Path, kind: str) -> Path | None:
-    """Look for the MineCLIP / prior checkpoint that belongs to ``weights`` in the folders above it."""
-    start = Path(weights).resolve().parent
-    for folder in [start, *list(start.parents)[:3]]:
-        for name in _COMPANIONS[kind]:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
 def build_agent(args: argparse.Namespace, need_text: bool = True):
-    """An :class:`~aimc.agent.Agent` from the flags of :func:`add_agent_arguments`."""
+    """An :class:`~aimc.agent.Agent` from the flags of :func:`add_agent_arguments` (see ``Agent.load``)."""
     import torch
 
     from aimc.agent.agent import Agent
-    from aimc.checkpoints.vpt import load_policy
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = load_policy(args.weights, model_path=args.model)
-    mineclip_path = args.mineclip or find_companion(args.weights, "mineclip")
-    prior_path = args.prior or find_companion(args.weights, "prior")
-    mineclip = prior = None
-    if mineclip_path is not None:
-        from aimc.checkpoints.mineclip import load_mineclip
-
-        mineclip = load_mineclip(mineclip_path)
-    elif need_text:
-        raise UserError(f"no MineCLIP checkpoint found near {args.weights}: pass --mineclip PATH")
-    if prior_path is not None:
-        from aimc.checkpoints.prior import load_prior
-
-        prior = load_prior(prior_path)
-    return Agent(policy, mineclip, prior, cond_scale=args.cond_scale, stochastic=not args.greedy,
-                 deterministic_prior=args.deterministic_prior, device=device,
-                 amp_dtype=torch.bfloat16 if args.bf16 else None, seed=args.seed, name=str(Path(args.weights).resolve()),
-                 cuda_graph=args.cuda_graph)
+    return Agent.load(args.weights, args.mineclip, args.prior, args.device, model=args.model, need_text=need_text,
+                      cond_scale=args.cond_scale, stochastic=not args.greedy,
+                      deterministic_prior=args.deterministic_prior, amp_dtype=torch.bfloat16 if args.bf16 else None,
+                      seed=args.seed, cuda_graph=args.cuda_graph)
 
 
 def env_config(name: str, opts: list[str] | None) -> dict:

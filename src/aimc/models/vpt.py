@@ -890,11 +890,15 @@ class STEVE1Policy(nn.Module):
         (actions {name: (B,)}, new state, info).
 
         Classifier-free guidance (when the state has 2B rows, from ``initial_state(2*B)``;
-        required when ``cond_scale != 0``): rows [goal ; zero goal] run in one batched
-        forward and the scores are ``(1 + s) * cond - s * uncond`` on the normalised
-        log-probs, left unnormalised as in the original. ``info``: ``log_prob`` (B,) read
-        from those scores, ``vpred`` (B,) denormalised value of the conditional rows,
-        ``vpred_uncond`` (B,) when guided, ``logits`` {name: (B, n)} the scores used.
+        required when ``cond_scale != 0``): rows [goal ; zero goal] run in one batched pass
+        and the scores are :func:`guided_scores` of their normalised log-probs. Both rows of
+        an environment see the same frame, so the IMPALA CNN (most of the compute) runs once
+        on the B frames and its features serve both row sets; the goal enters after it.
+        ``info``: ``log_prob`` (B,) read from the scores (unnormalised unless
+        ``cfg.renormalize_guided_logits``, as in the original), ``sampled_log_prob`` (B,) the
+        log-probability of the action under the distribution it was drawn from
+        (``log_softmax`` of the scores), ``vpred`` (B,) denormalised value of the conditional
+        rows, ``vpred_uncond`` (B,) when guided, ``logits`` {name: (B, n)} the scores used.
         """
         b = img.shape[0]
         rows = state_batch_size(state)
@@ -910,23 +914,45 @@ class STEVE1Policy(nn.Module):
         if guided:
             if goal is None:
                 raise ValueError("guidance needs a goal embedding")
-            img = torch.cat([img, img])
-            goal = torch.cat([goal, torch.zeros_like(goal)])
+            # One CNN pass serves both row sets. A lone frame still runs as the pair [img ; img],
+            # as in the original: on CPU, GroupNorm splits a one-sample reduction over threads,
+            # which moves the outputs ~3e-5 off the original's after a few steps.
+            x = self.net.img_process((img if b > 1 else torch.cat([img, img]))[:, None])  # (B or 2, 1, D)
+            x = torch.cat([x, x]) if b > 1 else x  # (2B, 1, D)
+            goal = torch.cat([goal, torch.zeros_like(goal)])  # [goal ; no goal]
             first = torch.cat([first, first])
+        else:
+            x = self.net.img_process(img[:, None])  # (B, 1, D)
         goal_t = goal[:, None] if goal is not None else None
-        logits, vpred, state = self(img[:, None], goal_t, first[:, None], state)
-        logits = {k: l[:, 0] for k, l in logits.items()}  # (rows, n)
-        values = self.value_head.denormalize(vpred[:, 0])  # (rows,)
+        latent, state = self.net.recur(x, goal_t, first[:, None], state)  # (rows, 1, D)
+        logits = {k: head(latent)[:, 0] for k, head in self.pi_head.items()}  # (rows, n) normalised
+        values = self.value_head.denormalize(self.value_head(latent)[:, 0])  # (rows,)
         info: dict[str, Any] = {}
         if guided:
-            s = float(cond_scale)
-            logits = {k: (1 + s) * l[:b] - s * l[b:] for k, l in logits.items()}
-            if self.cfg.renormalize_guided_logits:
-                logits = {k: F.log_softmax(l, dim=-1) for k, l in logits.items()}
+            logits = guided_scores({k: l[:b] for k, l in logits.items()}, {k: l[b:] for k, l in logits.items()},
+                                   cond_scale, self.cfg.renormalize_guided_logits)
             info["vpred_uncond"] = values[b:]
         actions = self.sample(logits, generator) if stochastic else self.argmax(logits)
-        info.update(log_prob=self.log_prob(logits, actions), vpred=values[:b], logits=logits)
+        info.update(log_prob=self.log_prob(logits, actions),
+                    sampled_log_prob=self.log_prob({k: F.log_softmax(l, dim=-1) for k, l in logits.items()}, actions),
+                    vpred=values[:b], logits=logits)
         return actions, state, info
+
+
+def guided_scores(
+    lp_cond: dict[str, torch.Tensor], lp_uncond: dict[str, torch.Tensor], scale: float, renormalize: bool = False
+) -> dict[str, torch.Tensor]:
+    """Classifier-free guidance: ``(1 + s) * cond - s * uncond`` per head, s = ``scale``.
+
+    lp_cond / lp_uncond: normalised log-probs {name: (..., n)} of the goal-conditioned and the
+    unconditioned (zero goal) rows. The result is left unnormalised as in the original (so
+    sampling from it samples ``softmax`` of it); ``renormalize`` applies ``log_softmax``.
+    """
+    s = float(scale)
+    out = {k: (1 + s) * lp - s * lp_uncond[k] for k, lp in lp_cond.items()}
+    if renormalize:
+        out = {k: F.log_softmax(v, dim=-1) for k, v in out.items()}
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -958,6 +984,7 @@ __all__ = [
     "STEVE1Policy",
     "State",
     "detach_state",
+    "guided_scores",
     "select_state",
     "state_batch_size",
     "state_to",
