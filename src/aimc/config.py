@@ -4,9 +4,9 @@ Every config in aimc is a (possibly nested) dataclass. A preset is a YAML file t
 lists only the fields that differ from the dataclass defaults; it may name another
 preset to start from with a top-level ``base: other_preset`` key. Any field can then
 be overridden on the command line as ``section.field=value`` (values are parsed as YAML,
-so ``optim.lr=1e-5``, ``data.mixture=[a,b]`` and ``model.freeze=null`` all work).
+so ``optim.lr=1e-5``, ``data.stores=[a,b]`` and ``runtime.compile=true`` all work).
 
-    cfg = load_config(TrainConfig, "finetune", ["optim.lr=2e-5", "data.batch_size=4"])
+    cfg = load_config(TrainConfig, "finetune", ["optim.lr=2e-5", "optim.batch_size=4"])
     save_config(cfg, run_dir / "config.yaml")
 
 Unknown keys are errors that name the key and list the valid ones, so a typo never

@@ -1,4 +1,7 @@
-"""``aimc checkpoint ...``: look into and convert policy files."""
+"""``aimc checkpoint ...`` and ``aimc mineclip inspect|embed-text``: look into and use checkpoint files.
+
+(``aimc mineclip train`` and ``aimc prior train`` are training commands: ``aimc.train.embedder_commands``.)
+"""
 
 from __future__ import annotations
 
@@ -30,6 +33,82 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_text(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from aimc.checkpoints.mineclip import load_mineclip
+
+    model = load_mineclip(args.weights).to(args.device)
+    with torch.no_grad():
+        emb = model.encode_text(list(args.prompts)).float()  # (T, D)
+        if args.prior:
+            from aimc.checkpoints.prior import load_prior
+
+            prior = load_prior(args.prior).to(args.device)
+            if args.seed is not None:
+                torch.manual_seed(args.seed)
+            emb = prior(emb, deterministic=args.deterministic).float()
+    arr = emb.cpu().numpy().astype(np.float32)
+    if args.out:
+        from aimc.utils.io import atomic_path
+
+        with atomic_path(Path(args.out)) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        print(f"wrote {arr.shape} float32 to {args.out}")
+    else:
+        for prompt, row in zip(args.prompts, arr):
+            print(f"{prompt!r}: norm {np.linalg.norm(row):.4f}, first values {np.round(row[:4], 4).tolist()}")
+    return 0
+
+
+def _inspect_mineclip(args: argparse.Namespace) -> int:
+    from aimc.checkpoints.mineclip import md5sum, official_to_state_dict
+    from aimc.checkpoints.safe_load import load_torch_file
+
+    path = Path(args.checkpoint)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        info = {"format": meta.get("format", "safetensors"), "tensors": len(shapes),
+                "parameters": int(sum(_numel(s) for s in shapes.values()))}
+        for key in ("aimc_mineclip_config", "aimc_prior_config"):
+            if key in meta:
+                info["config"] = json.loads(meta[key])
+    else:
+        obj = load_torch_file(path)
+        if isinstance(obj, dict) and ("state_dict" in obj or any(str(k).startswith("model.") for k in obj)):
+            sd = official_to_state_dict(obj, str(path))
+            distinct = {v.data_ptr(): v for v in sd.values()}
+            info = {"format": "MineCLIP attn.pth", "keys": len(sd), "distinct_tensors": len(distinct),
+                    "parameters": int(sum(v.numel() for v in distinct.values())),
+                    "dtypes": sorted({str(v.dtype) for v in sd.values()})}
+            pos = sd.get("image_encoder.pos_embed")
+            if pos is not None:
+                info["vision_tokens_width"] = list(pos.shape)
+        else:
+            from aimc.checkpoints.prior import config_from_state_dict
+
+            sd = {k.removeprefix("_orig_mod."): v for k, v in obj.items()}
+            info = {"format": "STEVE-1 prior (steve1_prior.pt)", "keys": len(sd),
+                    "parameters": int(sum(v.numel() for v in sd.values())),
+                    "config": vars(config_from_state_dict(sd, str(path)))}
+    info["md5"] = md5sum(path)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def register(cli) -> None:
     """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
     cli.group("checkpoint", help="inspect and convert policy files (.model, .weights, .safetensors)")
@@ -49,3 +128,16 @@ def register(cli) -> None:
         help="accept unconditioned VPT weights: the goal layer is freshly initialised",
     )
     p.add_argument("--no-model-file", action="store_true", help="with .weights output, do not write <stem>.model")
+
+    cli.group("mineclip", help="MineCLIP: embed text and gameplay, inspect checkpoints")
+    p = cli.command("mineclip embed-text", help="embed prompts with MineCLIP (optionally through the prior)", run=_embed_text)
+    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("--weights", required=True, help="MineCLIP checkpoint (official attn.pth or aimc .safetensors)")
+    p.add_argument("--prior", default=None, help="prior checkpoint (steve1_prior.pt); output visual goals instead")
+    p.add_argument("--deterministic", action="store_true", help="with --prior: decode the prior mean (z = 0) instead of a sample")
+    p.add_argument("--seed", type=int, default=None, help="with --prior: seed the latent sample")
+    p.add_argument("--out", default=None, help="write the (T, D) float32 array to this .npy file (default: print a summary)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+
+    p = cli.command("mineclip inspect", help="show a MineCLIP or prior checkpoint's format, sizes and checksum", run=_inspect_mineclip)
+    p.add_argument("checkpoint", help="attn.pth, steve1_prior.pt or an aimc .safetensors")

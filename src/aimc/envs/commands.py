@@ -1,4 +1,4 @@
-"""Commands of the built-in world: ``aimc data generate --env crafter``, ``aimc mineclip train``."""
+"""Commands of the built-in world: ``aimc data generate --env crafter``."""
 
 from __future__ import annotations
 
@@ -28,23 +28,6 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_mineclip_train(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from aimc.config import load_config
-    from aimc.train.mineclip import MineCLIPTrainConfig, train_mineclip
-
-    overrides = list(args.overrides)
-    if args.store:
-        overrides.append(f"store={args.store}")
-    cfg = load_config(MineCLIPTrainConfig, args.config, overrides)
-    with Progress(TextColumn("mineclip"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn()) as prog:
-        task = prog.add_task("train", total=cfg.steps, loss=float("nan"))
-        path = train_mineclip(cfg, args.out, on_step=lambda s, loss: prog.update(task, completed=s + 1, loss=loss))
-    print(f"embedder written to {path}")
-    return 0
-
-
 def register(cli) -> None:
     """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
     p = cli.command("data generate", help="record scripted play of the built-in world into an episode store", run=_run_generate)
@@ -60,9 +43,3 @@ def register(cli) -> None:
     p.add_argument("--sight", choices=("screen", "map"), default="screen",
                    help="screen: the player acts only on what its frame shows (imitable); map: it plans over 12 tiles of the map")
     p.add_argument("--goal", default=None, help="pin one goal for every episode (e.g. place_table) instead of switching")
-
-    p = cli.command("mineclip train", help="train a small MineCLIP contrastively on annotated episodes", run=_run_mineclip_train)
-    p.add_argument("--store", default="", help="episode store with text annotations")
-    p.add_argument("--out", required=True, help="run directory (config, metrics, tb/, mineclip.safetensors)")
-    p.add_argument("--config", default=None, help="preset name or YAML file (MineCLIPTrainConfig)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=2000 batch_size=128")
