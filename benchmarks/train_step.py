@@ -27,8 +27,8 @@ import torch
 
 from aimc.config import load_config
 from aimc.train.config import TrainConfig
-from aimc.train.optim import make_optimizer
-from aimc.train.policy import build_policy, chunk, micro_step
+from aimc.train.distributed import DistInfo
+from aimc.train.policy import SequenceChunks, build_policy, optimizer_step, setup_learner
 
 ORIGINAL = {  # the original code on one H100 80GB, random weights, synthetic on-GPU data
     "steve1_from_vpt": {"frames_per_s": 2877, "peak_gib": 40.8},
@@ -52,28 +52,21 @@ def synthetic_batch(cfg: TrainConfig, policy, device: torch.device, T: int) -> d
 def run_variant(cfg: TrainConfig, device: torch.device, precision: str, steps: int, compile_: bool) -> dict:
     """Time ``steps`` optimizer steps after one warm-up step; returns frames/s and peak memory."""
     torch.manual_seed(0)
-    policy = build_policy(cfg).to(device).train()
-    if cfg.model.channels_last and device.type == "cuda":
-        policy.to(memory_format=torch.channels_last)
-    opt = make_optimizer(policy, cfg.optim, device)
-    model = torch.compile(policy) if compile_ else policy
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, precision=precision, compile=compile_))
+    learner, _ = setup_learner(cfg, build_policy(cfg), DistInfo(), device)  # the training loop's own setup
+    learner.policy.train()
     tt, A = cfg.optim.trunc_t, cfg.optim.grad_accum
     T = cfg.data.T
-    batch = synthetic_batch(cfg, policy, device, T)
-    chunks = T // tt
-    state, c_i = None, 0
+    batch = synthetic_batch(cfg, learner.policy, device, T)
 
-    def step() -> None:
-        nonlocal state, c_i
-        for _ in range(A):
-            if c_i == 0:
-                state = policy.initial_state(cfg.optim.batch_size, device=device)
-            _, state = micro_step(model, policy, chunk(batch, c_i * tt, (c_i + 1) * tt, device), state,
-                                  precision, device, 1.0 / A)
-            c_i = (c_i + 1) % chunks
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    class OneBatch:  # every index gives the same synthetic batch
+        def batch(self, index: int) -> dict:
+            return batch
+
+    stream = SequenceChunks(OneBatch(), learner.policy, tt, T // tt, device)
+
+    def step() -> None:  # the training loop's optimizer step
+        optimizer_step(learner, stream, A, cfg.optim.max_grad_norm)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -95,16 +88,16 @@ def run_variant(cfg: TrainConfig, device: torch.device, precision: str, steps: i
 
     out = {
         "frames_per_s": round(frames / dt, 1),
-        "estimate_gib": round(estimate_memory_gib(cfg, policy, precision)["total_gib"], 2),
+        "estimate_gib": round(estimate_memory_gib(cfg, learner.policy, precision)["total_gib"], 2),
         "step_s": round(dt / steps, 4),
         "warmup_s": round(warm_s, 2),
-        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
+        "params_m": round(sum(p.numel() for p in learner.policy.parameters()) / 1e6, 2),
     }
     if device.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     else:
         out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    del policy, model, opt, batch, state
+    del learner, stream, batch
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from aimc.cli import main
 from aimc.data.store import EpisodeStore
@@ -53,3 +54,48 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     assert (run / "finetune" / "eval_before" / "results.jsonl").is_file()
     assert (run / "finetune" / "eval_after" / "results.jsonl").is_file()
     assert "fine-tuned on" in capsys.readouterr().out
+
+
+def test_aimc_train_preset_crafter_trains_what_the_quickstart_policy_stage_trains(tmp_path):
+    """The same first batches, the same losses and the same weights from the same seed."""
+    from safetensors.torch import load_file
+
+    from aimc.config import load_config
+    from aimc.quickstart import _Display, make_plan, policy_config, stage_embed, stage_embedder, stage_generate, stage_policy
+    from aimc.train.config import TrainConfig
+    from aimc.train.data import make_sources
+
+    run = tmp_path / "qs"
+    frames = 2 * 1024  # two optimizer steps of the crafter preset (64 sequences x 16 frames)
+    plan = replace(make_plan(1.0, fast=True), policy_preset="crafter", policy_frames=frames)
+    display = _Display(False)
+    for stage in (stage_generate, stage_embedder, stage_embed):
+        stage(run, plan, display)
+    got = stage_policy(run, plan, display, deadline=0.0, reserve_s=0.0)
+
+    # what the docs tell a user to run on the same store, with the frames the quickstart trained
+    over = [f"data.stores=[{run / 'store'}]", "model.goal_dim=64", f"runtime.seed={plan.seed}", f"schedule.n_frames={frames}",
+            f"schedule.warmup_frames={frames // 30}", "logging.progress=false"]
+    assert main(["train", "--preset", "crafter", *over, "--out", str(tmp_path / "cli")]) == 0
+
+    cfg_q, cfg_cli = policy_config(run, plan, 64, frames), load_config(TrainConfig, "crafter", over)
+    assert cfg_q == cfg_cli and cfg_cli.data.relabel == "events"
+    (tq, vq), (tc, vc) = make_sources(cfg_q), make_sources(cfg_cli)
+    for k in (0, 1):
+        a, b = tq.batch(k), tc.batch(k)
+        assert all(torch_equal(a[n], b[n]) for n in ("img", "goal", "first")) and torch_equal(a["actions"]["action"], b["actions"]["action"])
+    assert all(torch_equal(a["goal"], b["goal"]) for a, b in zip(vq(), vc()))
+
+    def losses(d):
+        return [(m["step"], m.get("train/loss"), m.get("val/loss")) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(run / "policy") == losses(tmp_path / "cli") and got["loss"] == losses(run / "policy")[0][1]
+    assert got["frames"] == frames
+    wq, wc = load_file(str(run / "policy" / "final.safetensors")), load_file(str(tmp_path / "cli" / "final.safetensors"))
+    assert all(torch_equal(wq[k], wc[k]) for k in wq)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(torch.as_tensor(a), torch.as_tensor(b)))

@@ -14,7 +14,7 @@ from test_train_support import single_thread, GOAL_DIM, SyntheticBatches, TinyPo
 from aimc.config import load_config
 from aimc.train.config import ScheduleConfig, TrainConfig
 from aimc.train.optim import decay_split, lr_at
-from aimc.train.policy import TrainingDiverged, chunk, micro_step, train_policy
+from aimc.train.policy import StopTraining, TrainingDiverged, chunk, micro_step, train_policy
 
 
 def tiny_cfg(*overrides: str) -> TrainConfig:
@@ -218,3 +218,40 @@ def test_config_errors_name_the_setting(override, message):
 
     with pytest.raises(ConfigError, match=message):
         tiny_cfg(override)
+
+
+def test_on_validation_sees_every_validation_and_the_result_says_what_was_made(tmp_path):
+    # 8 steps of 32 frames; validation after steps 3 and 6 (every_begin=3), then the final one at step 8
+    cfg = tiny_cfg("schedule.n_frames=256", "schedule.warmup_frames=64", "validation.every_begin=3",
+                   "validation.switch_at=100", "checkpoint.every=0")
+    src = SyntheticBatches(4, 8)
+    seen = []
+    result = train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=src, val_data=src.val(),
+                          on_validation=seen.append)
+    assert [(v.step, v.frames) for v in seen] == [(3, 96), (6, 192), (8, 256)]
+    logged = [(m["step"], m["val/loss"]) for m in metrics(tmp_path / "run") if "val/loss" in m]
+    assert [(v.step, v.val_loss) for v in seen] == logged
+    assert result.best_val_loss == min(v.val_loss for v in seen) == seen[-1].best_val_loss
+    assert result.frames == 256 and result.steps == 8 and result.seconds > 0 and not result.stopped
+    assert result.weights == tmp_path / "run" / "final.weights" and result.weights.is_file()
+    assert result.best_weights == tmp_path / "run" / "best.weights" and result.best_weights.is_file()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["frames"] == result.frames and result.last["train/loss"] == summary["last"]["train/loss"]
+
+
+def test_on_validation_can_stop_the_run_cleanly(tmp_path):
+    cfg = tiny_cfg("schedule.n_frames=640", "schedule.warmup_frames=64", "validation.every_begin=2",
+                   "validation.switch_at=100", "checkpoint.every=0")
+    src = SyntheticBatches(4, 8)
+    seen = []
+
+    def prune(v):
+        seen.append(v.step)
+        if v.step == 4:
+            raise StopTraining("pruned")
+
+    result = train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=src, val_data=src.val(), on_validation=prune)
+    assert seen == [2, 4] and result.stopped and result.steps == 4 and result.frames == 128
+    assert (tmp_path / "run" / "final.safetensors").is_file()
+    prog = json.loads((tmp_path / "run" / "checkpoints" / "latest" / "progress.json").read_text())
+    assert prog["step"] == 4  # resumable from where it stopped

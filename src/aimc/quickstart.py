@@ -48,8 +48,9 @@ class QuickstartPlan:
     eval_videos: the small evaluation (empty tasks = all of crafter-core).
     cond_scale: classifier-free guidance scale used in the evaluation (1: the best mean lift
         in two guidance sweeps, docs/results.md).
-    relabel: hindsight goal times: "events" (anchored at captioned events, rare ones kept
-        visible: aimc.envs.goals) or "steve1" (every U[min, max) steps, the data loader's).
+    relabel: hindsight goal times (``data.relabel``): "events" (anchored at captioned events,
+        rare ones kept visible: aimc.data.events, the presets' choice) or "steve1" (every
+        U[min, max) steps, aimc.data.relabel).
     """
 
     minutes: float = 20.0
@@ -193,11 +194,15 @@ def stage_embed(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
     return {"frames": s["frames"], "seconds": time.time() - t0, "split": {k: len(v) if isinstance(v, list) else v for k, v in split.items() if k in ("train", "val")}}
 
 
-def _policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int | None, max_seconds: float = 0.0):
+def policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int | None = None, max_seconds: float = 0.0):
+    """The policy stage's TrainConfig: the plan's preset (``crafter``) and these overrides, the
+    same as ``aimc train --preset crafter data.stores=[RUN/store] model.goal_dim=D
+    runtime.seed=S schedule.n_frames=F schedule.warmup_frames=F/30``."""
     from aimc.config import load_config
     from aimc.train.config import TrainConfig
 
-    over = [f"data.stores=[{run / 'store'}]", f"model.goal_dim={goal_dim}", "logging.progress=false", f"runtime.seed={plan.seed}"]
+    over = [f"data.stores=[{run / 'store'}]", f"data.relabel={plan.relabel}", f"model.goal_dim={goal_dim}",
+            "logging.progress=false", f"runtime.seed={plan.seed}"]
     if frames:
         over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 30)}"]
     if max_seconds:
@@ -205,44 +210,39 @@ def _policy_config(run: Path, plan: QuickstartPlan, goal_dim: int, frames: int |
     return load_config(TrainConfig, plan.policy_preset, over)
 
 
-def _seconds_per_step(cfg, batches=None) -> float:
-    """Time optimizer steps of the policy (with real batches when given) to fit the time budget."""
-    import torch
+def _seconds_per_step(cfg, batches) -> float:
+    """Time optimizer steps of the policy on real batches (the training loop's own
+    :func:`~aimc.train.policy.optimizer_step`) to fit the time budget."""
+    from aimc.train import distributed as D
+    from aimc.train.policy import SequenceChunks, build_policy, optimizer_step, setup_learner
 
-    from aimc.train.policy import build_policy
-
-    policy = build_policy(cfg)
-    B, T = cfg.optim.batch_size, cfg.optim.trunc_t
-    h, w, _ = policy.cfg.img_shape
-    synthetic = {"img": torch.randint(0, 255, (B, T, h, w, 3), dtype=torch.uint8),
-                 "goal": torch.randn(B, T, cfg.model.goal_dim), "first": torch.zeros(B, T, dtype=torch.bool),
-                 "actions": {k: torch.zeros(B, T, dtype=torch.long) for k in policy.cfg.action_heads}}
-    opt = torch.optim.AdamW(policy.parameters(), 1e-4)
-    times = []
-    for k in range(6):
-        t0 = time.time()
-        b = batches.batch(10_000_000 + k) if batches is not None else synthetic
-        b = {n: (v[:, :T] if not isinstance(v, dict) else {a: x[:, :T] for a, x in v.items()}) for n, v in b.items()}
-        logits, _, _ = policy(b["img"], b["goal"], b["first"], policy.initial_state(B))
-        loss = -policy.log_prob(logits, b["actions"]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        # a batch serves data.T // trunc_t steps' chunks: count its cost once per sequence
-        times.append(time.time() - t0)
+    info, device = D.setup(cfg.runtime.device, cfg.runtime.dist_backend)
+    try:
+        learner, _ = setup_learner(cfg, build_policy(cfg), info, device)
+        chunks = cfg.chunks_per_sequence  # batches far beyond the run's: the timing uses none of them
+        stream = SequenceChunks(batches, learner.policy, cfg.optim.trunc_t, chunks, device, micro=10_000_000 * chunks)
+        times = []
+        for _ in range(6):
+            t0 = time.time()
+            optimizer_step(learner, stream, cfg.optim.grad_accum, cfg.optim.max_grad_norm, info)
+            times.append(time.time() - t0)
+    finally:
+        D.teardown(info)
     # the fastest of the warm steps: a busy moment (another process, a page fault) must not
     # shrink the training plan (a default run once planned from a 1.5x slower median)
-    return float(min(times[2:])) * cfg.optim.grad_accum
+    return float(min(times[2:]))
 
 
 def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: float, reserve_s: float) -> dict:
+    from aimc.train.data import make_sources
     from aimc.train.policy import train_policy
 
     goal_dim = _goal_dim(run)
     frames = plan.policy_frames
-    cfg0 = _policy_config(run, plan, goal_dim, None)
-    # loaded once (every frame of the store): timed here, trained on below; batches are stateless by index
-    train_data, val_data = event_sources(run / "store", cfg0) if plan.relabel == "events" else (None, None)
+    cfg0 = policy_config(run, plan, goal_dim)
+    # the batches aimc train would make from this config (for events: every frame of the store in
+    # memory), made once: timed here, trained on below; batches are stateless by index
+    train_data, val_data = make_sources(cfg0)
     seconds = 0.0
     if not frames:
         # x1.2: validation, logging and checkpoints; real steps ran 0.73x-1.3x of the timed one in
@@ -251,82 +251,36 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
         seconds = max(30.0, deadline - time.time() - reserve_s)
         steps = max(20, int(seconds / per_step))
         frames = steps * cfg0.frames_per_step()
-    cfg = _policy_config(run, plan, goal_dim, frames, seconds)
+    cfg = policy_config(run, plan, goal_dim, frames, seconds)
     t0 = time.time()
     stop = threading.Event()
     est = frames / max(1.0, cfg.frames_per_step()) * (per_step if not plan.policy_frames else 0.2)
     _ticker(display, "policy", est, stop, f"{frames:,} frames")
     try:
-        final = train_policy(cfg, run / "policy", train_data=train_data, val_data=val_data)
+        result = train_policy(cfg, run / "policy", train_data=train_data, val_data=val_data)
     finally:
         stop.set()
     # what was trained (fewer frames than planned when the time limit stopped it) and the last losses
-    summary = json.loads((run / "policy" / "summary.json").read_text())
-    last = {k: summary["last"][m] for k, m in (("loss", "train/loss"), ("val_loss", "val/loss")) if m in summary["last"]}
-    return {"weights": str(final), "frames": int(summary["frames"]), "seconds": time.time() - t0, **last}
-
-
-def event_sources(store_root: Path, cfg):
-    """Event-anchored training batches and a validation-batch factory for a TrainConfig."""
-    from aimc.envs.goals import EventGoalBatches, EventGoalConfig
-
-    d = cfg.data
-    ecfg = EventGoalConfig(T=d.T, batch_size=cfg.optim.batch_size, p_uncond=d.p_uncond, min_btwn_goals=d.min_btwn_goals,
-                           max_btwn_goals=d.max_btwn_goals, switch_start=d.switch_start, seed=cfg.runtime.seed)
-    train = EventGoalBatches(store_root, ecfg, split=d.split)
-    try:
-        val = EventGoalBatches(store_root, replace(ecfg, seed=ecfg.seed + 1), split=d.val_split)
-    except UserError:
-        return train, None
-    n_val = max(1, cfg.validation.max_batches or 4)
-    return train, (lambda: (val.batch(k) for k in range(n_val)))
+    last = {k: result.last[m] for k, m in (("loss", "train/loss"), ("val_loss", "val/loss")) if m in result.last}
+    return {"weights": str(result.weights), "frames": result.frames, "seconds": time.time() - t0, **last}
 
 
 def _goal_dim(run: Path) -> int:
-    from aimc.checkpoints.mineclip import load_mineclip
-
-    return int(load_mineclip(run / "mineclip" / "mineclip.safetensors").cfg.embed_dim)
-
-
-def prior_pairs(store_root: str | Path, mineclip, jitter: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(text embedding, visual goal embedding) pairs from every caption of an embedded store.
-
-    The visual side is the goal embedding of the windows ending 0..jitter frames after the
-    caption's last frame (the event and its outcome), so one caption gives several pairs.
-    """
-    import torch
-
+    """Size of the goal embeddings the embed stage wrote into the store."""
     from aimc.data.store import EpisodeStore
-    from aimc.models.tokenizer import ClipTokenizer
 
-    store = EpisodeStore(store_root)
-    texts: list[str] = []
-    vis: list[np.ndarray] = []
+    store = EpisodeStore(run / "store")
     for eid in store.episode_ids():
-        ep = store.open(eid)
-        got = ep.embeddings()
-        if got is None:
-            continue
-        emb, valid = got
-        for a in ep.annotations():
-            for j in range(jitter + 1):
-                f = min(int(a["end"]) - 1 + j, ep.num_frames - 1)
-                if valid[f]:
-                    texts.append(str(a["text"]))
-                    vis.append(np.asarray(emb[f], np.float32))
-    if not texts:
-        raise UserError(f"{store_root}: no captioned frame with a goal embedding; embed the store first")
-    uniq = sorted(set(texts))
-    with torch.no_grad():
-        temb = mineclip.encode_text(ClipTokenizer().tokenize(uniq)).float().numpy()  # (U, D)
-    row = {t: i for i, t in enumerate(uniq)}
-    return temb[[row[t] for t in texts]], np.stack(vis)
+        emb = store.open(eid).meta.get("embeddings")
+        if emb:
+            return int(emb["dim"])
+    raise UserError(f"{run / 'store'}: no episode has goal embeddings; the embed stage did not finish")
 
 
 def stage_prior(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
     from aimc.checkpoints.mineclip import load_mineclip
     from aimc.models.prior import PriorConfig
-    from aimc.train.prior import PriorTrainConfig, train_prior
+    from aimc.train.prior import PriorTrainConfig, prior_pairs, train_prior
 
     mineclip = load_mineclip(run / "mineclip" / "mineclip.safetensors")
     text, visual = prior_pairs(run / "store", mineclip)
@@ -395,11 +349,11 @@ def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: floa
     from aimc.data.embed import embed_store
     from aimc.data.split import make_split
     from aimc.data.store import EpisodeStore
-    from aimc.envs.goals import EventGoalBatches, MixedBatches
     from aimc.envs.record import generate_crafter_store
     from aimc.eval.report import compare, write_summary
     from aimc.eval.runner import run_suite
     from aimc.eval.suite import load_suite
+    from aimc.train.data import make_sources
     from aimc.train.policy import train_policy
 
     t0 = time.time()
@@ -436,22 +390,21 @@ def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: floa
         preset = "crafter_fast" if fast else "crafter_finetune"
         over = [f"data.stores=[{run / 'store'},{ft / 'store'}]", "data.weights=[0.8,0.2]", f"model.goal_dim={_goal_dim(run)}",
                 f"model.init={results['policy']['weights']}", "logging.progress=false", f"runtime.seed={plan.seed}"]
-        if fast:
-            over.append("schedule.n_frames=320")
-        else:
-            cfg0 = load_config(TrainConfig, preset, over)
-            per_step = _seconds_per_step(cfg0) * 1.15
-            seconds = max(30.0, deadline - time.time() - 240.0)
-            frames = max(20, int(seconds / per_step)) * cfg0.frames_per_step()
-            over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 20)}"]
-        cfg = load_config(TrainConfig, preset, over)
         if "policy" not in done:
-            old_tr, old_val = event_sources(run / "store", cfg)
-            new_tr, _ = event_sources(ft / "store", cfg)
-            train = MixedBatches([old_tr, new_tr], [0.8, 0.2], seed=plan.seed)
-            done["policy"] = str(train_policy(cfg, ft / "policy", train_data=train, val_data=old_val))
+            # aimc train --preset crafter_finetune with these overrides: one mixture of both stores
+            cfg0 = load_config(TrainConfig, preset, over)
+            train, val = make_sources(cfg0)
+            if fast:
+                over.append("schedule.n_frames=320")
+            else:
+                per_step = _seconds_per_step(cfg0, train) * 1.15
+                seconds = max(30.0, deadline - time.time() - 240.0)
+                frames = max(20, int(seconds / per_step)) * cfg0.frames_per_step()
+                over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 20)}"]
+            cfg = load_config(TrainConfig, preset, over)
+            done["policy"] = str(train_policy(cfg, ft / "policy", train_data=train, val_data=val).weights)
             atomic_json(state_path, done)
-        display.done("policy", f"{cfg.schedule.n_frames:,} frames")
+        display.done("policy", "fine-tuned")
         # 3. before/after on the same held-out worlds, then aimc compare
         display.start("eval", "before / after")
         suite = load_suite("crafter-core")

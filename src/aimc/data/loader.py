@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aimc.data.mixture import MixtureSource, ResolvedSource, resolve_sources, source_probabilities
-from aimc.data.relabel import NONE_EMBED_OFFSET, check_goal_spacing, relabel_window
+from aimc.data.relabel import NONE_EMBED_OFFSET, check_sequence_args, relabel_window
 from aimc.data.store import Episode, StoreError
 from aimc.errors import UserError
 
@@ -133,11 +133,7 @@ class SequenceDataset(Dataset):
         min_episode_frames: int | None = None,
         shard: str = "stream",
     ) -> None:
-        check_goal_spacing(min_btwn_goals, max_btwn_goals)
-        if T < 1:
-            raise UserError(f"T must be >= 1, got {T}")
-        if not 0.0 <= p_uncond <= 1.0:
-            raise UserError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        check_sequence_args(T, p_uncond, min_btwn_goals, max_btwn_goals)
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} outside world_size {world_size}")
         if shard not in ("stream", "episodes"):
@@ -319,9 +315,10 @@ def _empty_uint8(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
 
 
 def collate_sequences(batch: list[dict]) -> dict:
-    """Like the default collate, but reuses the (B, T, H, W, 3) buffer that
-    ``SequenceDataset.__getitems__`` decoded into instead of copying the frames again."""
-    imgs = [b["img"] for b in batch]
+    """Items (tensors or numpy arrays) -> a batch. Like the default collate, but reuses the
+    (B, T, H, W, 3) buffer that ``SequenceDataset.__getitems__`` decoded into instead of copying
+    the frames again."""
+    imgs = [torch.as_tensor(b["img"]) for b in batch]
     base = imgs[0]
     per = base.numel()
     whole = base.untyped_storage()
@@ -334,9 +331,9 @@ def collate_sequences(batch: list[dict]) -> dict:
         img = torch.stack(imgs)
     return {
         "img": img,
-        "goal": torch.stack([b["goal"] for b in batch]),
-        "actions": {k: torch.stack([b["actions"][k] for b in batch]) for k in batch[0]["actions"]},
-        "first": torch.stack([b["first"] for b in batch]),
+        "goal": torch.stack([torch.as_tensor(b["goal"]) for b in batch]),  # (B, T, D)
+        "actions": {k: torch.stack([torch.as_tensor(b["actions"][k]) for b in batch]) for k in batch[0]["actions"]},
+        "first": torch.stack([torch.as_tensor(b["first"]) for b in batch]),  # (B, T)
     }
 
 

@@ -35,6 +35,17 @@ def check_goal_spacing(min_btwn_goals: int, max_btwn_goals: int) -> None:
         raise UserError(f"max_btwn_goals ({max_btwn_goals}) must be > min_btwn_goals ({min_btwn_goals})")
 
 
+def check_sequence_args(T: int, p_uncond: float, min_btwn_goals: int, max_btwn_goals: int) -> None:
+    """The arguments every relabeled sequence source takes: sequence length, p_uncond, goal spacing."""
+    from aimc.errors import UserError
+
+    check_goal_spacing(min_btwn_goals, max_btwn_goals)
+    if T < 1:
+        raise UserError(f"T must be >= 1, got {T}")
+    if not 0.0 <= p_uncond <= 1.0:
+        raise UserError(f"p_uncond must be in [0, 1], got {p_uncond}")
+
+
 def draw_goal_timesteps(
     rng: np.random.Generator, num_frames: int, min_btwn_goals: int, max_btwn_goals: int, until: int | None = None
 ) -> np.ndarray:

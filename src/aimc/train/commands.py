@@ -28,8 +28,8 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(TrainConfig, args.preset, overrides)
         run_dir = Path(args.out) if args.out else default_run_dir(cfg, args.preset)
-    final = train_policy(cfg, run_dir, resume=bool(args.resume))
-    print(f"done: {final}  (run directory {run_dir})")
+    result = train_policy(cfg, run_dir, resume=bool(args.resume))
+    print(f"done: {result.weights}  (run directory {run_dir})")
     return 0
 
 
@@ -37,7 +37,7 @@ def register(cli) -> None:
     """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
     p = cli.command(
         "train",
-        help="train or fine-tune a goal-conditioned policy (presets: steve1_from_vpt, finetune, finetune_24gb, tiny)",
+        help="train or fine-tune a goal-conditioned policy (presets: steve1_from_vpt, finetune, finetune_24gb, tiny, crafter)",
         run=_run_train,
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

@@ -35,6 +35,7 @@ from aimc.config import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FREEZE_GROUPS = ("cnn", "recurrent", "heads", "goal")
+RELABELERS = ("steve1", "events")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -59,13 +60,27 @@ class DataConfig:
     """Frames per training sequence."""
     p_uncond: float = 0.1
     """Probability that a whole sequence's goals are zeroed (unconditioned)."""
+    relabel: str = "steve1"
+    """Hindsight relabeling: ``steve1`` (goal times every U[min_btwn_goals, max_btwn_goals)
+    steps, ``aimc.data.relabel``, read by the loader's worker processes) or ``events`` (goal
+    times anchored at the captioned events of the built-in world's stores, rare events kept
+    visible, ``aimc.data.events``; the episodes are held in memory and batches are built in the
+    training process)."""
     min_btwn_goals: int = 15
     """Hindsight relabeling: fewest steps between two goal time steps (>= 15)."""
     max_btwn_goals: int = 200
     """Hindsight relabeling: most steps between two goal time steps (exclusive)."""
+    jitter: int = 3
+    """``relabel=events``: goal anchors lie 0..jitter frames after their event (its outcome visible)."""
+    rarity_power: float = 1.0
+    """``relabel=events``: an event other than the pursued goal is kept as an anchor with
+    probability (rarest count / its count) ** rarity_power (0 = keep every event)."""
+    standardize: bool = False
+    """``relabel=events``: feed goals as (e - mean) / std per dimension over the store's valid
+    frames (the prior must then be trained on standardized embeddings too)."""
     switch_start: float = 0.0
-    """Built-in world (event-anchored goals): chance that a sequence starts where the
-    demonstrator picked a new goal, so that only the goal tells what to do next."""
+    """``relabel=events``: chance that a sequence starts where the demonstrator picked a new
+    goal, so that only the goal tells what to do next."""
     augment: bool = False
     """Consistent-over-time colour jitter / grayscale on training sequences."""
     num_workers: int = 4
@@ -85,7 +100,15 @@ class DataConfig:
         )
         _check(all(w >= 0 for w in self.weights), f"data.weights must be >= 0, got {self.weights}")
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.relabel in RELABELERS, f"data.relabel must be one of {list(RELABELERS)}, got {self.relabel!r}")
+        _check(self.jitter >= 0 and self.rarity_power >= 0,
+               f"data.jitter and data.rarity_power must be >= 0, got {self.jitter}, {self.rarity_power}")
         _check(0.0 <= self.switch_start <= 1.0, f"data.switch_start must be in [0, 1], got {self.switch_start}")
+        _check(
+            self.relabel == "events" or not (self.switch_start or self.standardize),
+            "data.switch_start and data.standardize apply to event-anchored goals: set data.relabel=events "
+            "or leave them at 0 / false",
+        )
 
 
 @dataclass

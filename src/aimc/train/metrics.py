@@ -19,18 +19,19 @@ import warnings
 from pathlib import Path
 
 from aimc.train.checkpoint import Progress
-from aimc.train.config import TrainConfig
+from aimc.train.config import LoggingConfig
 from aimc.utils.io import atomic_write_text
 
 
 class MetricsLogger:
     """Rank 0 writes; other ranks get a logger whose methods do nothing."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, *, enabled: bool, total_frames: int, start_frames: int = 0,
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, *, enabled: bool, total_frames: int, start_frames: int = 0,
                  resume_step: int | None = None) -> None:
-        """``resume_step``: the run resumes after this step; records logged after it by the
-        interrupted session are dropped (they will be logged again), in metrics.jsonl and
-        TensorBoard alike."""
+        """``cfg``: the run's ``logging`` section (TensorBoard, progress line). ``total_frames``:
+        the run's length (progress and ETA). ``resume_step``: the run resumes after this step;
+        records logged after it by the interrupted session are dropped (they will be logged
+        again), in metrics.jsonl and TensorBoard alike."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.total_frames = total_frames
@@ -42,7 +43,7 @@ class MetricsLogger:
         self._last_line = ""
         if not enabled:
             return
-        if cfg.logging.tensorboard:
+        if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = start_frames + 1 if resume_step is not None else None  # x axis = frames
@@ -53,7 +54,7 @@ class MetricsLogger:
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in keep))
         self._jsonl = open(path, "a", encoding="utf-8")
-        if cfg.logging.progress and sys.stderr.isatty():
+        if cfg.progress and sys.stderr.isatty():
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self._bar = Bar(

@@ -1,6 +1,9 @@
 """Behaviour cloning of a goal-conditioned policy: the whole ``aimc train`` loop.
 
-Read :func:`train_policy` top to bottom. One optimizer step is:
+Read :func:`train_policy` top to bottom; its steps are functions of their own:
+:func:`setup_learner` and :func:`restore` (fresh, or from the latest checkpoint),
+:func:`optimizer_step`, :func:`validate_and_keep_best` and :func:`export`. One optimizer
+step (:func:`optimizer_step` over :class:`SequenceChunks`) is:
 
     lr <- schedule(frames seen)
     repeat grad_accum times (a micro-step = one trunc_t chunk of a batch of sequences):
@@ -8,7 +11,8 @@ Read :func:`train_policy` top to bottom. One optimizer step is:
         the recurrent state, otherwise continue from the carried (detached) state
         loss = mean over (B, trunc_t) of -log p(expert action | frames, goal)
         backward(loss / grad_accum)   (DDP all-reduces only on the last micro-step)
-    clip the gradient norm, AdamW step, log, validate, checkpoint
+    unscale (fp16), gradient norm, stop if the loss is not finite, clip, AdamW step
+then the loop logs, validates, checkpoints.
 
 Batches come from a source that is stateless by index (batch ``k`` of rank ``r`` is
 always the same), so a run resumes exactly from ``(step, micro-step, carried state,
@@ -22,6 +26,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +52,10 @@ from aimc.utils.io import atomic_dir
 
 class TrainingDiverged(UserError):
     """The loss became NaN/Inf; a checkpoint was written before stopping."""
+
+    def __init__(self, message: str, loss: float = math.nan, grad_norm: float = math.nan) -> None:
+        super().__init__(message)
+        self.loss, self.grad_norm = loss, grad_norm
 
 
 class BatchSource(Protocol):
@@ -114,15 +123,15 @@ def bc_loss(model: nn.Module, policy: nn.Module, c: dict[str, Any], state: Any) 
 
 
 def micro_step(model: nn.Module, policy: nn.Module, c: dict[str, Any], state: Any, precision: str,
-               device: torch.device, scale: float = 1.0,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, Any]:
+               device: torch.device, scale: float = 1.0, scaler: torch.amp.GradScaler | None = None,
+               loss_fn: Callable = bc_loss) -> tuple[torch.Tensor, Any]:
     """Forward + backward of one chunk; gradients accumulate in ``.grad`` (times ``scale``).
 
     Returns the chunk's loss (detached) and the new recurrent state, detached so that
     the next chunk's backward stops here (truncated BPTT).
     """
     with autocast_for(precision, device):
-        loss, new_state = bc_loss(model, policy, c, state)
+        loss, new_state = loss_fn(model, policy, c, state)
     scaled = loss * scale
     (scaler.scale(scaled) if scaler is not None else scaled).backward()
     return loss.detach(), detach_state(new_state)
@@ -278,7 +287,209 @@ def export_weights(policy: nn.Module, stem: Path, formats: list[str]) -> list[Pa
 
 
 # ----------------------------------------------------------------------------------
-# the loop
+# the steps of a run: set up and restore, optimizer step, validate and keep the best, export
+
+
+@dataclass
+class Learner:
+    """What an optimizer step acts on."""
+
+    policy: nn.Module  # the plain module: log_prob, initial_state, state_dict
+    model: nn.Module  # what runs the forward: the policy, maybe DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    precision: str  # bf16, fp16 or fp32
+    device: torch.device
+    ddp: nn.Module | None = None  # the DDP wrapper: gradients are all-reduced on the last micro-step only
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+
+@dataclass
+class StepStats:
+    """One optimizer step: mean micro-step loss (over ranks) and the gradient norm before clipping."""
+
+    loss: torch.Tensor  # () on the device; reading it syncs
+    grad_norm: torch.Tensor
+
+
+class MicroBatches(Protocol):
+    """The micro-step stream an optimizer step consumes: ``next()`` gives a chunk and the
+    recurrent state to start it from, ``done(state)`` takes the state it ended in."""
+
+    def next(self) -> tuple[dict[str, Any], Any]: ...
+
+    def done(self, state: Any) -> None: ...
+
+
+class SequenceChunks:
+    """Behaviour cloning's micro-step stream: micro-step ``m`` is chunk ``m % chunks`` of batch
+    ``m // chunks`` of ``source``; the recurrent state is carried from chunk to chunk of a
+    sequence (truncated BPTT) and reset at its start. ``uncond`` collects the unconditioned
+    fraction of each batch fetched (for the log)."""
+
+    def __init__(self, source: BatchSource, policy: nn.Module, trunc_t: int, chunks: int, device: torch.device,
+                 micro: int = 0, carried: Any = None) -> None:
+        self.source, self.policy, self.trunc_t, self.chunks, self.device = source, policy, trunc_t, chunks, device
+        self.micro, self.carried = micro, carried
+        self.uncond: list[float] = []
+        self._index, self._batch = -1, None
+
+    def next(self) -> tuple[dict[str, Any], Any]:
+        b, c_i = divmod(self.micro, self.chunks)
+        if b != self._index:
+            batch = self.source.batch(b)
+            self.uncond.append(unconditioned_fraction(torch.as_tensor(batch["goal"])))
+            self._index, self._batch = b, ckpt.to_device(batch, self.device)  # once per batch; chunks are views
+        if c_i == 0 or self.carried is None:
+            self.carried = self.policy.initial_state(self._batch["first"].shape[0], device=self.device)
+        return chunk(self._batch, c_i * self.trunc_t, (c_i + 1) * self.trunc_t, self.device), self.carried
+
+    def done(self, state: Any) -> None:
+        self.carried = state
+        self.micro += 1
+
+
+def optimizer_step(learner: Learner, micro_batches: MicroBatches, grad_accum: int, max_grad_norm: float = 0.0,
+                   info: D.DistInfo | None = None, loss_fn: Callable = bc_loss) -> StepStats:
+    """One optimizer step: ``grad_accum`` micro-steps (forward + backward, gradients summed),
+    unscale (fp16), gradient norm, divergence check, clip, step.
+
+    Raises :class:`TrainingDiverged` (weights untouched, gradients dropped) when the loss is not
+    finite on any rank. ``loss_fn(model, policy, chunk, state) -> (loss, state)`` is the
+    per-chunk loss (behaviour cloning by default).
+    """
+    info = info or D.DistInfo()
+    L = learner
+    loss_sum = torch.zeros((), device=L.device)
+    for k in range(grad_accum):
+        c, state = micro_batches.next()
+        with D.no_sync(L.ddp, skip=k < grad_accum - 1):
+            loss, state = micro_step(L.model, L.policy, c, state, L.precision, L.device, 1.0 / grad_accum, L.scaler,
+                                     loss_fn=loss_fn)
+        micro_batches.done(state)
+        loss_sum += loss
+    step_loss = D.mean_across(loss_sum / grad_accum, info)
+    if L.scaler is not None:
+        L.scaler.unscale_(L.optimizer)
+    trainable = L.trainable
+    gnorm = grad_norm(trainable)
+    if D.any_across(not bool(torch.isfinite(step_loss)), info, L.device):
+        L.optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"loss became {float(step_loss)}", loss=float(step_loss), grad_norm=float(gnorm))
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    if L.scaler is not None:
+        L.scaler.step(L.optimizer)
+        L.scaler.update()
+    else:
+        L.optimizer.step()
+    L.optimizer.zero_grad(set_to_none=True)
+    return StepStats(step_loss, gnorm)
+
+
+def setup_learner(cfg: TrainConfig, policy: nn.Module, info: D.DistInfo, device: torch.device,
+                  check_memory: bool = False) -> tuple[Learner, dict[str, list[str]]]:
+    """Freezing / LoRA, device, precision, optimizer, DDP and compile; returns the learner and
+    what was frozen or adapted (for the log)."""
+    from aimc.train import preflight
+
+    changes = prepare_for_training(policy, cfg)
+    policy.to(device)
+    if cfg.model.channels_last and device.type == "cuda":
+        policy.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.runtime.precision, device)
+    if check_memory:
+        preflight.check_memory(cfg, policy, device, precision)
+    optimizer = make_optimizer(policy, cfg.optim, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    ddp = D.wrap_ddp(policy, info, device)  # = policy with one process
+    model = torch.compile(ddp) if cfg.runtime.compile else ddp  # what runs the forward
+    return Learner(policy, model, optimizer, scaler, precision, device, ddp), changes
+
+
+def restore(learner: Learner, cfg: TrainConfig, latest: Path | None) -> tuple[ckpt.Progress, Any]:
+    """Where the run stands: fresh (``latest`` None), or exactly where the checkpoint
+    ``latest`` left off (weights, optimizer, scaler, RNG states, progress, carried state)."""
+    if latest is None:
+        return ckpt.Progress(next_snapshot_frames=cfg.checkpoint.snapshot_every_frames), None
+    saved = ckpt.load_checkpoint(latest)
+    learner.policy.load_state_dict(saved["model"])
+    learner.optimizer.load_state_dict(saved["optimizer"])
+    if learner.scaler is not None and saved["scaler"] is not None:
+        learner.scaler.load_state_dict(saved["scaler"])
+    ckpt.set_rng_state(saved["rng"])
+    return saved["progress"], ckpt.to_device(saved["carried_state"], learner.device)
+
+
+@dataclass
+class Validation:
+    """What ``on_validation`` sees after each validation."""
+
+    step: int  # optimizer steps done
+    frames: int  # frames trained on
+    val_loss: float
+    best_val_loss: float  # the lowest so far, this one included
+
+
+class StopTraining(Exception):
+    """Raise it from an ``on_validation`` callback to end the run cleanly (e.g. to prune a
+    hyper-parameter trial): the latest checkpoint and the weights are written as at the end,
+    and :func:`train_policy` returns with ``TrainResult.stopped`` set. Under DDP the callback
+    sees the same numbers on every rank and must decide the same on every rank."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_policy` made."""
+
+    weights: Path  # the exported final weights (the first of checkpoint.export)
+    best_weights: Path | None  # the weights with the lowest validation loss, if kept
+    best_val_loss: float  # inf when there was no validation
+    frames: int  # frames trained on, over all processes and sessions
+    steps: int  # optimizer steps
+    seconds: float  # training time over all sessions
+    last: dict[str, float] = field(default_factory=dict)  # the last logged scalars (rank 0), e.g. train/loss
+    stopped: bool = False  # an on_validation callback raised StopTraining
+
+
+def validate_and_keep_best(learner: Learner, val_data: Callable[[], Iterable[dict[str, Any]]], cfg: TrainConfig,
+                           info: D.DistInfo, progress: ckpt.Progress, log, ckpt_dir: Path) -> Validation:
+    """Validation loss; a new lowest one keeps the weights as ``checkpoints/best``."""
+    device = learner.device
+    # a forked RNG: validation (and its loader's seeding) never changes the training's random stream
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        val_loss = validate(learner.policy, val_data(), cfg, device, learner.precision, info)
+    log.scalars(progress, {"val/loss": val_loss})
+    if math.isfinite(val_loss) and val_loss < progress.best_val_loss:
+        progress.best_val_loss = val_loss
+        if info.is_main and cfg.checkpoint.keep_best:
+            ckpt.save_weights_snapshot(ckpt_dir / "best", learner.policy.state_dict())
+            from aimc.utils.io import atomic_write_text
+
+            atomic_write_text(ckpt_dir / "best.json",
+                              f'{{"val_loss": {val_loss}, "step": {progress.step}, "frames": {progress.frames}}}\n')
+    return Validation(progress.step, progress.frames, val_loss, progress.best_val_loss)
+
+
+def export(policy: nn.Module, run_dir: Path, formats: list[str]) -> tuple[Path, Path | None]:
+    """``run_dir/final.*`` from ``policy`` and ``run_dir/best.*`` from ``checkpoints/best`` (if
+    kept); returns (final weights, best weights or None), each in the first of ``formats``."""
+    final = export_weights(policy, run_dir / "final", formats)[0]
+    best_dir = run_dir / "checkpoints" / "best"
+    if not (best_dir / "model.safetensors").is_file():
+        return final, None
+    from safetensors.torch import load_file
+
+    best = copy.deepcopy(policy)
+    best.load_state_dict(load_file(str(best_dir / "model.safetensors")))
+    return final, export_weights(best.cpu(), run_dir / "best", formats)[0]
+
+
+# ----------------------------------------------------------------------------------
+# the run
 
 
 def train_policy(
@@ -290,20 +501,24 @@ def train_policy(
     train_data: BatchSource | None = None,
     val_data: Callable[[], Iterable[dict[str, Any]]] | None = None,
     skip_preflight: bool = False,
-) -> Path:
-    """Train (or resume) a run in ``run_dir``; returns the path of the exported final weights.
+    on_validation: Callable[[Validation], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run in ``run_dir``; returns what it made (:class:`TrainResult`).
 
     ``policy`` / ``train_data`` / ``val_data`` default to what ``cfg`` describes; passing
     them lets benchmarks and tests feed their own model or synthetic batches.
+    ``on_validation(Validation)`` is called after every validation (also the final one); it may
+    raise :class:`StopTraining` to end the run early with its outputs written.
     """
     from aimc.train import preflight, rundir
+    from aimc.train.data import make_sources
     from aimc.train.metrics import MetricsLogger
 
     run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
     info, device = D.setup(cfg.runtime.device, cfg.runtime.dist_backend)
     try:
         # 1. checks before any compute, then the run directory
-        ckpt_dir = run_dir / "checkpoints"
         if resume and info.is_main:
             ckpt.clean_checkpoint_dir(ckpt_dir)  # repairs a checkpoint write cut by a kill
         D.barrier(info)
@@ -313,126 +528,85 @@ def train_policy(
             rundir.prepare(run_dir, cfg, resume=resume)
         D.barrier(info)
 
-        # 2. model: architecture + init weights, freezing / LoRA, device, precision
+        # 2. model, optimizer, data; where we are: fresh, or exactly where the latest checkpoint left off
         torch.manual_seed(cfg.runtime.seed)
         if policy is None:
             policy = preflight.friendly_build(cfg, build_policy)
-        changes = prepare_for_training(policy, cfg)
-        policy.to(device)
-        if cfg.model.channels_last and device.type == "cuda":
-            policy.to(memory_format=torch.channels_last)
-        precision = resolve_precision(cfg.runtime.precision, device)
-        if not skip_preflight and not cfg.runtime.skip_preflight_memory:
-            preflight.check_memory(cfg, policy, device, precision)
-        optimizer = make_optimizer(policy, cfg.optim, device)
-        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        ddp = D.wrap_ddp(policy, info, device)  # = policy with one process
-        model = torch.compile(ddp) if cfg.runtime.compile else ddp  # what runs the forward
-        trainable = [p for p in policy.parameters() if p.requires_grad]
-
-        # 3. data
+        learner, changes = setup_learner(cfg, policy, info, device,
+                                         check_memory=not skip_preflight and not cfg.runtime.skip_preflight_memory)
         if train_data is None:
-            from aimc.train.data import make_sources
-
             train_data, val_data = make_sources(cfg, info.rank, info.world_size)
-            if info.is_main and not resume:
-                rundir.note_data(run_dir, train_data.dataset.describe(), val_data is not None)
-
-        # 4. where we are: fresh, or exactly where the latest checkpoint left off
-        progress = ckpt.Progress(next_snapshot_frames=cfg.checkpoint.snapshot_every_frames)
-        carried = None
-        if resume:
-            saved = ckpt.load_checkpoint(ckpt_dir / "latest")
-            policy.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            if scaler is not None and saved["scaler"] is not None:
-                scaler.load_state_dict(saved["scaler"])
-            ckpt.set_rng_state(saved["rng"])
-            progress = saved["progress"]
-            carried = ckpt.to_device(saved["carried_state"], device)
-
-        log = MetricsLogger(run_dir, cfg, enabled=info.is_main, total_frames=cfg.schedule.n_frames,
+        if info.is_main and not resume and hasattr(train_data, "describe"):
+            rundir.note_data(run_dir, train_data.describe(), val_data is not None)
+        progress, carried = restore(learner, cfg, ckpt_dir / "latest" if resume else None)
+        log = MetricsLogger(run_dir, cfg.logging, enabled=info.is_main, total_frames=cfg.schedule.n_frames,
                             start_frames=progress.frames, resume_step=progress.step if resume else None)
+        trainable = learner.trainable
         log.note(f"{_count(sum(p.numel() for p in policy.parameters()))} parameters, "
                  f"{_count(sum(p.numel() for p in trainable))} trainable"
                  + (f", {len(changes['frozen'])} frozen tensors" if changes["frozen"] else "")
                  + (f", LoRA on {len(changes['lora'])} layers" if changes["lora"] else "")
-                 + f"; {info.world_size} process(es) on {device}, {precision}")
+                 + f"; {info.world_size} process(es) on {device}, {learner.precision}")
 
         def save_latest(state_to_carry: Any) -> None:
             if info.is_main:
-                ckpt.save_checkpoint(ckpt_dir / "latest", model=policy, optimizer=optimizer, scaler=scaler,
-                                     progress=progress, carried_state=state_to_carry)
+                ckpt.save_checkpoint(ckpt_dir / "latest", model=policy, optimizer=learner.optimizer,
+                                     scaler=learner.scaler, progress=progress, carried_state=state_to_carry)
 
-        A = cfg.optim.grad_accum
-        tt = cfg.optim.trunc_t
-        chunks = cfg.chunks_per_sequence
+        def validation() -> bool:
+            """Validate; True when the callback asks to stop."""
+            v = validate_and_keep_best(learner, val_data, cfg, info, progress, log, ckpt_dir)
+            try:
+                if on_validation is not None:
+                    on_validation(v)
+            except StopTraining as e:
+                log.note(f"stopped after the validation at step {progress.step}" + (f": {e}" if str(e) else ""))
+                return True
+            return False
+
+        stream = SequenceChunks(train_data, policy, cfg.optim.trunc_t, cfg.chunks_per_sequence, device,
+                                micro=progress.micro, carried=carried)
         frames_per_step = cfg.frames_per_step(info.world_size)
-        batch_index, batch = -1, None
         policy.train()
         session_start = time.perf_counter() - progress.wall_seconds
         t_log, frames_log = time.perf_counter(), progress.frames
         loss_acc, n_acc = torch.zeros((), device=device), 0  # train/loss = mean over the logging interval
-        uncond: list[float] = []  # unconditioned fraction of each batch in the logging interval
 
-        # 5. the loop: one iteration = one optimizer step
+        # 3. the loop: one iteration = one optimizer step
         limit = cfg.schedule.max_seconds
         t_session = time.perf_counter()
-        while progress.frames < cfg.schedule.n_frames:
+        stopped = False
+        while progress.frames < cfg.schedule.n_frames and not stopped:
             if limit and D.any_across(time.perf_counter() - t_session >= limit, info, device):
                 log.note(f"schedule.max_seconds={limit:g} reached at {progress.frames:,} of {cfg.schedule.n_frames:,} frames")
                 break
             lr = lr_at(progress.frames, cfg.optim.lr, cfg.schedule)
-            set_lr(optimizer, lr)
-            loss_sum = torch.zeros((), device=device)
-            for k in range(A):
-                b, c_i = divmod(progress.micro, chunks)
-                if b != batch_index:
-                    batch_index, batch = b, train_data.batch(b)
-                    uncond.append(unconditioned_fraction(torch.as_tensor(batch["goal"])))
-                    batch = ckpt.to_device(batch, device)  # once per batch; chunks are views
-                if c_i == 0 or carried is None:
-                    carried = policy.initial_state(batch["first"].shape[0], device=device)
-                c = chunk(batch, c_i * tt, (c_i + 1) * tt, device)
-                with D.no_sync(ddp, skip=k < A - 1):
-                    loss, carried = micro_step(model, policy, c, carried, precision, device, 1.0 / A, scaler)
-                loss_sum += loss
-                progress.micro += 1
-
-            step_loss = D.mean_across(loss_sum / A, info)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            gnorm = grad_norm(trainable)
-            bad = not bool(torch.isfinite(step_loss))
-            if D.any_across(bad, info, device):
+            set_lr(learner.optimizer, lr)
+            try:
+                stats = optimizer_step(learner, stream, cfg.optim.grad_accum, cfg.optim.max_grad_norm, info)
+            except TrainingDiverged as e:
                 save_latest(None)  # weights before the bad step; resuming skips the bad batch
                 raise TrainingDiverged(
-                    f"loss became {float(step_loss)} at step {progress.step + 1} "
-                    f"({progress.frames:,} frames, lr {lr:.3g}, grad norm {float(gnorm):.3g}). "
+                    f"loss became {e.loss} at step {progress.step + 1} "
+                    f"({progress.frames:,} frames, lr {lr:.3g}, grad norm {e.grad_norm:.3g}). "
                     f"Training stopped; the last good weights are in {ckpt_dir / 'latest'}. "
                     "Try a lower optim.lr, runtime.precision=fp32 (or bf16 instead of fp16), "
                     "a smaller optim.max_grad_norm, and check the data (aimc data check)."
-                )
-            if cfg.optim.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                ) from None
             progress.step += 1
             progress.frames += frames_per_step
-            loss_acc += step_loss
+            progress.micro = stream.micro
+            loss_acc += stats.loss
             n_acc += 1
             progress.wall_seconds = time.perf_counter() - session_start
 
             # logging (host syncs only here)
             if progress.step % cfg.logging.every == 0 or progress.frames >= cfg.schedule.n_frames:
-                g = float(gnorm)
+                g = float(stats.grad_norm)
                 if g > cfg.optim.warn_grad_norm:
                     log.warn(f"gradient norm {g:.1f} at step {progress.step} (healthy: 0.5-5); "
                              "if it keeps growing lower optim.lr or optim.max_grad_norm")
+                uncond = stream.uncond
                 log.scalars(progress, {
                     "train/loss": float(loss_acc) / n_acc,
                     "train/lr": lr,
@@ -444,59 +618,39 @@ def train_policy(
                     **gpu_memory(device),
                 })
                 t_log, frames_log = time.perf_counter(), progress.frames
-                loss_acc, n_acc, uncond = torch.zeros((), device=device), 0, []
+                loss_acc, n_acc, stream.uncond = torch.zeros((), device=device), 0, []
             log.progress(progress)
 
             # validation and best weights
             if val_data is not None and cfg.validation.due(progress.step):
-                _validate_and_keep_best(policy, val_data, cfg, device, precision, info, progress, log, ckpt_dir)
+                stopped = validation()
 
             # checkpoints (resumable latest; weights snapshots every N frames)
             if cfg.checkpoint.every and progress.step % cfg.checkpoint.every == 0:
-                save_latest(carried)
+                save_latest(stream.carried)
             if cfg.checkpoint.snapshot_every_frames and progress.frames >= progress.next_snapshot_frames:
                 if info.is_main:
                     with atomic_dir(ckpt_dir / f"snapshot_{progress.frames}") as tmp:
                         export_weights(policy, tmp / "policy", cfg.checkpoint.export)
                 progress.next_snapshot_frames += cfg.checkpoint.snapshot_every_frames
 
-        # 6. the end: final validation, latest checkpoint, exported weights
-        if val_data is not None and not cfg.validation.due(progress.step):
-            _validate_and_keep_best(policy, val_data, cfg, device, precision, info, progress, log, ckpt_dir)
-        save_latest(carried)
-        final = run_dir / "final.weights"
+        # 4. the end: final validation, latest checkpoint, exported weights
+        if val_data is not None and not stopped and not cfg.validation.due(progress.step):
+            stopped = validation()
+        save_latest(stream.carried)
+        formats = cfg.checkpoint.export
+        final, best = run_dir / f"final{formats[0]}", None
         if info.is_main:
-            formats = cfg.checkpoint.export
-            written = export_weights(policy, run_dir / "final", formats)
-            final = written[0]
-            best_dir = ckpt_dir / "best"
-            if (best_dir / "model.safetensors").is_file():
-                from safetensors.torch import load_file
-
-                best = copy.deepcopy(policy)
-                best.load_state_dict(load_file(str(best_dir / "model.safetensors")))
-                export_weights(best.cpu(), run_dir / "best", formats)
+            final, best = export(policy, run_dir, formats)
             log.finish(progress)
-            rundir.finish(run_dir, cfg, progress, log.last, [str(p) for p in written])
+            rundir.finish(run_dir, cfg, progress, log.last, [str(run_dir / f"final{f}") for f in formats])
         D.barrier(info)
-        return final
+        if not info.is_main and (run_dir / f"best{formats[0]}").is_file():
+            best = run_dir / f"best{formats[0]}"
+        return TrainResult(final, best, progress.best_val_loss, progress.frames, progress.step, progress.wall_seconds,
+                           dict(log.last), stopped)
     finally:
         D.teardown(info)
-
-
-def _validate_and_keep_best(policy, val_data, cfg, device, precision, info, progress, log, ckpt_dir) -> None:
-    # a forked RNG: validation (and its loader's seeding) never changes the training's random stream
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        val_loss = validate(policy, val_data(), cfg, device, precision, info)
-    log.scalars(progress, {"val/loss": val_loss})
-    if math.isfinite(val_loss) and val_loss < progress.best_val_loss:
-        progress.best_val_loss = val_loss
-        if info.is_main and cfg.checkpoint.keep_best:
-            ckpt.save_weights_snapshot(ckpt_dir / "best", policy.state_dict())
-            from aimc.utils.io import atomic_write_text
-
-            atomic_write_text(ckpt_dir / "best.json",
-                              f'{{"val_loss": {val_loss}, "step": {progress.step}, "frames": {progress.frames}}}\n')
 
 
 def _count(n: int) -> str:

@@ -116,6 +116,40 @@ def load_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return text, visual
 
 
+def prior_pairs(store_root: str | Path, mineclip, jitter: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(text embedding (N, D), visual goal embedding (N, D)) pairs from every caption of an embedded store.
+
+    The visual side is the goal embedding of the windows ending 0..jitter frames after the
+    caption's last frame (the event and its outcome), so one caption gives several pairs; the
+    text side is ``mineclip``'s embedding of the caption.
+    """
+    from aimc.data.store import EpisodeStore
+    from aimc.models.tokenizer import ClipTokenizer
+
+    store = EpisodeStore(store_root)
+    texts: list[str] = []
+    vis: list[np.ndarray] = []
+    for eid in store.episode_ids():
+        ep = store.open(eid)
+        got = ep.embeddings()
+        if got is None:
+            continue
+        emb, valid = got
+        for a in ep.annotations():
+            for j in range(jitter + 1):
+                f = min(int(a["end"]) - 1 + j, ep.num_frames - 1)
+                if valid[f]:
+                    texts.append(str(a["text"]))
+                    vis.append(np.asarray(emb[f], np.float32))
+    if not texts:
+        raise UserError(f"{store_root}: no captioned frame with a goal embedding; embed the store first")
+    uniq = sorted(set(texts))
+    with torch.no_grad():
+        temb = mineclip.encode_text(ClipTokenizer().tokenize(uniq)).float().numpy()  # (U, D)
+    row = {t: i for i, t in enumerate(uniq)}
+    return temb[[row[t] for t in texts]], np.stack(vis)
+
+
 def _stack(seq, where: str) -> np.ndarray:
     if isinstance(seq, np.ndarray):
         return seq.reshape(-1, seq.shape[-1]).astype(np.float32)
@@ -259,4 +293,4 @@ def train_prior(
     return best_path
 
 
-__all__ = ["PriorTrainConfig", "train_prior", "load_pairs", "split_pairs"]
+__all__ = ["PriorTrainConfig", "train_prior", "load_pairs", "prior_pairs", "split_pairs"]
