@@ -246,9 +246,10 @@ class ValidationConfig:
     switch_at: int = 125
     """Optimizer step at which the interval switches from every_begin to every."""
     max_batches: int = 0
-    """Cap on validation batches per run of validation (0 = the whole val split)."""
+    """Cap on validation batches per run of validation (0 = the whole val split; with
+    data.relabel=events, whose val batches are drawn at random, 0 means 4)."""
     every_nth: int = 1
-    """Use every n-th val sequence (the original's val_every_nth)."""
+    """Use every n-th val sequence (the original's val_every_nth; data.relabel=steve1 only)."""
 
     def __post_init__(self) -> None:
         for name in ("every", "every_begin", "switch_at", "max_batches"):
