@@ -4,9 +4,9 @@ Every episode is a *job*: a condition (a task's instruction variant, or no instr
 episode index and its world seed ``suite.seed + episode``. The same jobs, hence the same worlds,
 are played by every model, so two models are compared on paired episodes.
 
-All slots of a :mod:`aimc.agent.vec_env` run at once: one batched policy forward per step (with
-classifier-free guidance inside it), environments stepped in worker processes. When an episode
-ends, its slot takes the next job. Each finished episode is appended as one JSON line to
+The episodes are played by :class:`aimc.agent.rollout.RolloutCollector`: all slots of a vector
+env at once, one batched policy forward per step (with classifier-free guidance inside it),
+environments stepped in worker processes. When an episode ends, its slot takes the next job. Each finished episode is appended as one JSON line to
 ``results.jsonl`` (flushed and fsynced); a killed evaluation run again with the same output
 folder skips the episodes already there, so it continues where it stopped.
 
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from aimc.agent.vec_env import EnvCrash, make_vec_env
+from aimc.agent.rollout import Crash, Episode, RolloutCollector, StepRecord
 from aimc.errors import UserError
 from aimc.eval.suite import UNCONDITIONED, Suite, SuccessTracker
 from aimc.utils.io import atomic_write_text
@@ -241,12 +241,7 @@ def run_suite(
         return results_path
 
     writer = _ResultsWriter(results_path)
-    vec = make_vec_env(num_envs, workers)
     slots: list[_Slot | None] = [None] * num_envs
-    frames: np.ndarray | None = None  # (B, H, W, 3) uint8
-    goals: np.ndarray | None = None  # (B, D) float32
-    first = np.ones(num_envs, dtype=bool)
-    agent.reset(num_envs)
     task_by_id = {t.id: t for t in suite.tasks}
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -272,11 +267,42 @@ def run_suite(
         slots[s] = None
         bar.advance(task_bar)
 
-    def crashed(s: int, crash: EnvCrash) -> None:
+    def next_episode(s: int) -> Episode | None:
+        if not pending:
+            return None
+        job = pending.pop(0)
+        slots[s] = _Slot(job, {t: SuccessTracker(task_by_id[t].success, min(task_by_id[t].max_steps, job.horizon))
+                               for t in job.scored}, started=time.time())
+        return Episode(job.env, job.seed, instruction=job.instruction, horizon=job.horizon, tag=job)
+
+    def started(s: int, ep: Episode, frame: np.ndarray, measures: dict) -> None:
+        slot = slots[s]
+        for tr in slot.trackers.values():
+            tr.update(0, measures)
+        if videos and slot.job.episode < videos:
+            from aimc.agent.video import VideoWriter
+
+            slot.video = VideoWriter(out_dir / "videos" / _video_name(slot.job), scale=video_scale)
+            slot.video.add(frame, slot.job.instruction or "(no instruction)", 0)
+
+    def stepped(r: StepRecord) -> None:
+        slot = slots[r.slot]
+        slot.step = r.t + 1
+        for tr in slot.trackers.values():
+            tr.update(slot.step, r.measures)
+        if slot.video is not None:
+            slot.video.add(r.frame, slot.job.instruction or "(no instruction)", slot.step)
+        all_settled = all(tr.first_step is not None or slot.step >= tr.horizon for tr in slot.trackers.values())
+        if r.last or all_settled:
+            collector.end_episode(r.slot)
+            finish(r.slot)
+
+    def crashed(c: Crash) -> None:
+        s = c.slot
         job = slots[s].job if slots[s] is not None else None
         if job is None:
             return
-        job.crashes.append(crash.message)
+        job.crashes.append(c.message)
         if slots[s].video is not None:
             slots[s].video.close()
         slots[s] = None
@@ -285,73 +311,21 @@ def run_suite(
             pending.insert(0, job)  # replay from the start of the same world
         else:
             slots[s] = _Slot(job, {t: SuccessTracker(task_by_id[t].success, task_by_id[t].max_steps) for t in job.scored})
-            finish(s, error=crash.message)
+            finish(s, error=c.message)
 
+    collector = RolloutCollector(agent, num_envs, next_episode, workers=workers, on_start=started, on_step=stepped,
+                                 on_crash=crashed)
     try:
         with bar:
-            while True:
-                for s in range(num_envs):
-                    while slots[s] is None and pending:
-                        job = pending.pop(0)
-                        r = vec.reset(s, job.env, job.seed)
-                        slots[s] = _Slot(job, {t: SuccessTracker(task_by_id[t].success, min(task_by_id[t].max_steps, job.horizon))
-                                               for t in job.scored}, started=time.time())
-                        if isinstance(r, EnvCrash):
-                            crashed(s, r)
-                            continue
-                        frame, measures = r
-                        if frames is None:
-                            frames = np.zeros((num_envs, *frame.shape), dtype=np.uint8)
-                        frames[s] = _fit_frame(frame, frames.shape[1:])
-                        g = np.asarray(agent.goal(job.instruction, job.seed), dtype=np.float32)
-                        if goals is None:
-                            goals = np.zeros((num_envs, g.shape[0]), dtype=np.float32)
-                        goals[s] = g
-                        first[s] = True
-                        for tr in slots[s].trackers.values():
-                            tr.update(0, measures)
-                        if videos and job.episode < videos:
-                            from aimc.agent.video import VideoWriter
-
-                            slots[s].video = VideoWriter(out_dir / "videos" / _video_name(job), scale=video_scale)
-                            slots[s].video.add(frame, job.instruction or "(no instruction)", 0)
-                active = [s for s in range(num_envs) if slots[s] is not None]
-                if not active:
-                    break
-                actions = agent.act(frames, goals, first)
-                first[:] = False
-                step_out = vec.step({s: {k: int(v[s]) for k, v in actions.items()} for s in active})
-                for s, r in step_out.items():
-                    if isinstance(r, EnvCrash):
-                        crashed(s, r)
-                        continue
-                    frame, measures, env_done = r
-                    slot = slots[s]
-                    slot.step += 1
-                    frames[s] = _fit_frame(frame, frames.shape[1:])
-                    for tr in slot.trackers.values():
-                        tr.update(slot.step, measures)
-                    if slot.video is not None:
-                        slot.video.add(frame, slot.job.instruction or "(no instruction)", slot.step)
-                    all_settled = all(tr.first_step is not None or slot.step >= tr.horizon for tr in slot.trackers.values())
-                    if env_done or slot.step >= slot.job.horizon or all_settled:
-                        finish(s)
+            while collector.step():
+                pass
     finally:
         for slot in slots:
             if slot is not None and slot.video is not None:
                 slot.video.close()
         writer.close()
-        vec.close()
+        collector.close()
     return results_path
-
-
-def _fit_frame(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Tasks may use different frame sizes; the batch holds the first size (the agent resizes anyway)."""
-    if frame.shape == tuple(shape):
-        return frame
-    from aimc.actions.image import _resize_frames
-
-    return _resize_frames(frame[None], shape[0], shape[1])[0]
 
 
 def _video_name(job: Job) -> str:
