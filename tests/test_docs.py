@@ -12,8 +12,13 @@
 * ``docs/cli.md`` equals what ``scripts/gen_cli_docs.py`` writes now.
 * The README's set-up section has exactly two commands (quickstart; tests), the test command is the
   one ``.ci/run`` runs, and the Chinese README says the same.
-* Relative links point to files that exist; the Chinese pages use the same commands and flags as
-  their English originals.
+* Relative links point to files that exist.
+* Every guide ``docs/NAME.md`` has a Chinese twin ``docs/zh/NAME.md`` (and no Chinese page lacks
+  its original); the two link to each other at the top and name the same ``aimc`` commands with the
+  same flags, the same ``--flags`` in inline code and the same config keys (overrides, dotted keys
+  in inline code, keys of YAML blocks). The twin of the generated ``docs/cli.md`` names the same
+  commands; its options are read from the English reference. All the checks above run over both
+  languages, since ``docs/zh/*.md`` is part of ``docs/**/*.md``.
 """
 
 from __future__ import annotations
@@ -500,9 +505,16 @@ def _section(path: Path, heading: str) -> str:
 
 
 def ci_test_command() -> str:
-    lines = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()]
-    cmds = [ln for ln in lines if ln and not ln.startswith("#")]
-    return cmds[-1]
+    """The test command ``.ci/run`` runs in the checkout: the first command line (continuations
+    joined) that runs ``python -m pytest``, after any ``VAR=value`` prefixes. Later lines (a fresh
+    clone's conformance run in a sub-shell) are not the README's command."""
+    for line in logical_lines((REPO / ".ci" / "run").read_text()):
+        tokens = line.split()
+        while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):
+            tokens = tokens[1:]
+        if tokens[:3] == ["python", "-m", "pytest"]:
+            return " ".join(tokens)
+    raise AssertionError(".ci/run runs no `python -m pytest` command")
 
 
 @pytest.mark.parametrize("name", sorted(SETUP_HEADINGS))
@@ -564,19 +576,123 @@ def _zh_pairs():
     return [pytest.param(p, id=str(p.relative_to(REPO))) for p in sorted(zh.glob("*.md"))] if zh.is_dir() else []
 
 
+def _english_guides() -> list[Path]:
+    return sorted((REPO / "docs").glob("*.md"))
+
+
+# Pages written by a script: their twin is checked for the same commands only (the options are
+# listed, with their help texts, by the English page that the script keeps up to date).
+GENERATED_PAGES = {"cli.md"}
+
+
+def _flags_named(path: Path) -> set[str]:
+    """Options of aimc commands (shell blocks and inline commands) and options named on their own
+    in inline code (``--fast``)."""
+    blocks, prose = parse_markdown(path)
+    flags = {f for _, fs in _command_signatures(path) for f in fs}
+    for code in inline_codes(prose):
+        if re.match(r"^--[A-Za-z][\w-]*(=\S*)?( \S+)?$", code):
+            flags.add(code.split()[0].split("=")[0])
+    return flags
+
+
+def _yaml_keys(data, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    if isinstance(data, dict):
+        for k, v in data.items():
+            key = f"{prefix}{k}"
+            keys.add(key)
+            keys |= _yaml_keys(v, key + ".")
+    return keys
+
+
+def _config_keys_named(path: Path) -> set[str]:
+    """Config keys a page names: overrides ``key=value`` given to aimc commands, dotted overrides
+    and dotted config keys (``optim.lr``) in inline code, and the keys of config-like YAML blocks."""
+    blocks, prose = parse_markdown(path)
+    keys: set[str] = set()
+    argvs = [a for b in blocks if b.lang in SHELL_LANGS for a in aimc_commands_in(b.text)]
+    argvs += [a for code in inline_codes(prose) if code.startswith("aimc ") for a in aimc_commands_in(code)]
+    for argv in argvs:
+        for tok in argv:
+            m = OVERRIDE.match(tok)
+            if m and "." in m["key"]:
+                keys.add(m["key"])
+    for code in inline_codes(prose):
+        m = OVERRIDE.match(code)
+        if m and "." in m["key"] and " " not in code:
+            keys.add(m["key"])
+        elif re.match(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+$", code) and check_config_key(code) is None:
+            keys.add(code)
+    for b in blocks:
+        if b.lang in YAML_LANGS:
+            try:
+                keys |= {f"yaml:{k}" for k in _yaml_keys(yaml.safe_load(b.text))}
+            except yaml.YAMLError:
+                continue  # reported by test_yaml_config_blocks_match_schema
+    return keys
+
+
+def _show_sigs(s) -> list[str]:
+    return sorted(f"aimc {' '.join(c)} {' '.join(sorted(f))}".strip() for c, f in s)
+
+
+@pytest.mark.parametrize("en_page", [pytest.param(p, id=str(p.relative_to(REPO))) for p in _english_guides()])
+def test_every_guide_has_a_chinese_twin(en_page: Path):
+    zh_page = REPO / "docs" / "zh" / en_page.name
+    assert zh_page.exists(), f"docs/{en_page.name} has no Chinese version: write {zh_page.relative_to(REPO)}"
+    zh_text = zh_page.read_text(encoding="utf-8")
+    head = "\n".join(zh_text.splitlines()[:6])
+    assert f"](../{en_page.name})" in head, f"{zh_page.relative_to(REPO)} does not link to ../{en_page.name} at the top"
+    if en_page.name not in GENERATED_PAGES:
+        en_head = "\n".join(en_page.read_text(encoding="utf-8").splitlines()[:6])
+        assert f"](zh/{en_page.name})" in en_head, f"docs/{en_page.name} does not link to zh/{en_page.name} at the top"
+
+
 @pytest.mark.parametrize("zh_page", _zh_pairs())
 def test_chinese_pages_match_their_english_originals(zh_page: Path):
     en_page = REPO / "docs" / zh_page.name
     assert en_page.exists(), f"{zh_page.relative_to(REPO)} translates docs/{zh_page.name}, which does not exist"
+    where = f"{zh_page.relative_to(REPO)} is out of sync with {en_page.relative_to(REPO)}"
     en, zh = _command_signatures(en_page), _command_signatures(zh_page)
-
-    def show(s):
-        return sorted(f"aimc {' '.join(c)} {' '.join(sorted(f))}".strip() for c, f in s)
-
-    assert en == zh, (
-        f"{zh_page.relative_to(REPO)} is out of sync with {en_page.relative_to(REPO)}: "
-        f"only in English: {show(en - zh)}; only in Chinese: {show(zh - en)}"
+    if zh_page.name in GENERATED_PAGES:
+        en_cmds, zh_cmds = {c for c, _ in en}, {c for c, _ in zh}
+        assert en_cmds == zh_cmds, (
+            f"{where}: commands only in English: {sorted(' '.join(c) for c in en_cmds - zh_cmds)}; "
+            f"only in Chinese: {sorted(' '.join(c) for c in zh_cmds - en_cmds)}"
+        )
+        return
+    assert en == zh, f"{where}: only in English: {_show_sigs(en - zh)}; only in Chinese: {_show_sigs(zh - en)}"
+    en_flags, zh_flags = _flags_named(en_page), _flags_named(zh_page)
+    assert en_flags == zh_flags, (
+        f"{where}: options only in English: {sorted(en_flags - zh_flags)}; only in Chinese: {sorted(zh_flags - en_flags)}"
     )
+    en_keys, zh_keys = _config_keys_named(en_page), _config_keys_named(zh_page)
+    assert en_keys == zh_keys, (
+        f"{where}: config keys only in English: {sorted(en_keys - zh_keys)}; only in Chinese: {sorted(zh_keys - en_keys)}"
+    )
+
+
+def _nav_pages(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in _nav_pages(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _nav_pages(v)]
+    return []
+
+
+def test_site_navigation_lists_every_page_in_both_languages():
+    """mkdocs.yml's nav (when the optional site config is there) lists every page of docs/, the
+    Chinese ones included, and nothing that does not exist."""
+    config = REPO / "mkdocs.yml"
+    if not config.exists():
+        pytest.skip("no mkdocs.yml")
+    nav = set(_nav_pages(yaml.safe_load(config.read_text(encoding="utf-8")).get("nav", [])))
+    pages = {p.relative_to(REPO / "docs").as_posix() for p in (REPO / "docs").rglob("*.md")}
+    assert not pages - nav, f"mkdocs.yml's nav does not list: {sorted(pages - nav)}"
+    assert not nav - pages, f"mkdocs.yml's nav lists pages that do not exist: {sorted(nav - pages)}"
 
 
 # --------------------------------------------------------------------------- tests: runnable
@@ -668,8 +784,27 @@ def docs_workdir(tmp_path_factory) -> Workdir:
     return wd
 
 
+def _shell_tokens(text: str) -> tuple[tuple[str, ...], ...]:
+    """A shell block's commands without comments or layout, to compare two blocks."""
+    return tuple(tuple(c) for line in logical_lines(text) for c in split_commands(line))
+
+
 def _runnable_params():
-    return [pytest.param(b, id=b.id) for b in all_blocks() if b.runnable]
+    """Runnable blocks in document order. A block of a Chinese page that runs the same commands as
+    a runnable block of its English original (only the comments translated) has been run there
+    and is not run again; its commands are still checked like every other block's."""
+    english: dict[str, set] = {}
+    for b in all_blocks():
+        if b.runnable and b.path.parent == REPO / "docs":
+            english.setdefault(b.path.name, set()).add(_shell_tokens(b.text))
+    params = []
+    for b in all_blocks():
+        if not b.runnable:
+            continue
+        if b.path.parent == REPO / "docs" / "zh" and _shell_tokens(b.text) in english.get(b.path.name, set()):
+            continue
+        params.append(pytest.param(b, id=b.id))
+    return params
 
 
 @pytest.mark.slow
