@@ -8,7 +8,8 @@ the terminal (``interactive``: each line typed becomes the new prompt; ``quit`` 
 environments can play at once (``num_envs``, in ``workers`` processes) with one batched, guided
 policy forward per step; env k is recorded to ``out.mp4`` (k = 0) or ``out_env{k}.mp4``. A
 sidecar ``out.json`` lists the prompt changes and the events (achievements, inventory gains)
-with their steps. An env that crashes is rebuilt and its slot starts a new episode.
+with their steps. An env that crashes is rebuilt and its slot starts a new episode. The episodes
+are played by :class:`aimc.agent.rollout.RolloutCollector`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import IO
 import numpy as np
 
 from aimc.agent.agent import Agent, PromptSchedule
-from aimc.agent.vec_env import EnvCrash, make_vec_env
+from aimc.agent.rollout import Crash, Episode, RolloutCollector, StepRecord
 from aimc.agent.video import VideoWriter
 from aimc.errors import UserError
 from aimc.utils.io import atomic_write_text
@@ -136,11 +137,9 @@ def play(
         raise UserError("give a goal: --prompt, --prompts with --switch-every, --goal-video, or --interactive")
     realtime = interactive if realtime is None else realtime
     result = PlayResult()
-    vec = make_vec_env(num_envs, workers)
     writers = [VideoWriter(p, fps=fps, scale=scale) if p is not None else None for p in _video_paths(video, num_envs)]
     terminal = _Terminal(input_stream) if interactive else None
     window = _Window() if interactive else None
-    agent.reset(num_envs)
 
     def label(prompt: str | None) -> str:
         if goal_frames is not None and prompt is None:
@@ -154,47 +153,67 @@ def play(
             return np.repeat(agent.zero_goal()[None], num_envs, 0)
         return agent.text_goals([prompt] * num_envs, [seed + k for k in range(num_envs)])
 
-    episode_seed = [seed + k for k in range(num_envs)]
+    # world seeds: env k starts on seed + k; every later episode (after an end or a crash) takes the next one
     next_seed = seed + num_envs
-    frames = None
+    played = [False] * num_envs
+    failed_starts = [0] * num_envs
+    crashed_at = [False] * num_envs  # the slot's episode crashed: its new first frame takes the step's place
     last_measures: list[dict[str, float]] = [{} for _ in range(num_envs)]
-    first = np.ones(num_envs, dtype=bool)
+    step = 0
 
-    def reset_slot(k: int) -> None:
-        nonlocal frames, next_seed
-        for _attempt in range(3):
-            r = vec.reset(k, env_cfg, episode_seed[k])
-            if not isinstance(r, EnvCrash):
-                break
-            result.crashes.append(f"env {k} reset: {r.message}")
-            episode_seed[k], next_seed = next_seed, next_seed + 1
-        else:
+    def next_episode(k: int) -> Episode:
+        nonlocal next_seed
+        if failed_starts[k] >= 3:
             raise UserError(f"env {env_cfg.get('name')!r} failed to start 3 times: {result.crashes[-1]}")
-        frame, measures = r
-        if frames is None:
-            frames = np.zeros((num_envs, *frame.shape), np.uint8)
-        frames[k] = frame
-        last_measures[k] = measures
-        first[k] = True
-        result.episodes += 1
+        if played[k]:
+            world, next_seed = next_seed, next_seed + 1
+        else:
+            world, played[k] = seed + k, True
+        return Episode(env_cfg, world, goal=goals[k])
 
-    for k in range(num_envs):
-        reset_slot(k)
+    def started(k: int, ep: Episode, frame: np.ndarray, measures: dict) -> None:
+        failed_starts[k] = 0
+        last_measures[k] = measures
+        result.episodes += 1
+        if crashed_at[k]:
+            crashed_at[k] = False
+            if writers[k] is not None:
+                writers[k].add(frame, label(prompt), step)
+
+    def stepped(r: StepRecord) -> None:
+        k = r.slot
+        for name, v in r.measures.items():
+            if name.startswith(("achievement.", "inventory.")) and v > last_measures[k].get(name, 0):
+                result.events.append({"env": k, "step": step, "event": name, "value": v})
+        last_measures[k] = r.measures
+        if writers[k] is not None:
+            writers[k].add(r.frame, label(prompt), step)
+
+    def crashed(c: Crash) -> None:
+        if c.step is None:
+            result.crashes.append(f"env {c.slot} reset: {c.message}")
+            failed_starts[c.slot] += 1
+        else:
+            result.crashes.append(f"env {c.slot} step {step}: {c.message}")
+            crashed_at[c.slot] = True
 
     prompt = None if interactive and prompts is None else (prompts.prompt_at(0) if prompts is not None else None)
     goals = goals_for(prompt)
     result.prompts.append({"step": 0, "prompt": label(prompt)})
-    for k, w in enumerate(writers):
-        if w is not None:
-            w.add(frames[k], label(prompt), 0)
+    collector = RolloutCollector(agent, num_envs, next_episode, workers=workers, on_start=started, on_step=stepped,
+                                 on_crash=crashed)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     bar = Progress(TextColumn("playing"), BarColumn(), MofNCompleteColumn(), disable=not progress or interactive)
-    if interactive:
-        print("type a prompt and press Enter to change the goal; 'quit' stops", file=sys.stderr, flush=True)
-    t_next = time.perf_counter()
     try:
+        collector.fill()
+        for k, w in enumerate(writers):
+            if w is not None:
+                w.add(collector.frames[k], label(prompt), 0)
+        if interactive:
+            print("type a prompt and press Enter to change the goal; 'quit' stops", file=sys.stderr, flush=True)
+        t_next = time.perf_counter()
         with bar:
             task = bar.add_task("steps", total=steps)
             for step in range(1, steps + 1):
@@ -212,32 +231,13 @@ def play(
                 if new_prompt != prompt:
                     prompt = new_prompt
                     goals = goals_for(prompt)
+                    for k in range(num_envs):
+                        collector.set_goal(k, goals[k])
                     result.prompts.append({"step": step - 1, "prompt": label(prompt)})
-                actions = agent.act(frames, goals, first)
-                first[:] = False
-                out = vec.step({k: {h: int(v[k]) for h, v in actions.items()} for k in range(num_envs)})
-                for k in range(num_envs):
-                    r = out[k]
-                    if isinstance(r, EnvCrash):
-                        result.crashes.append(f"env {k} step {step}: {r.message}")
-                        episode_seed[k], next_seed = next_seed, next_seed + 1
-                        reset_slot(k)
-                        if writers[k] is not None:  # the new episode's first frame takes this step's place
-                            writers[k].add(frames[k], label(prompt), step)
-                        continue
-                    frame, measures, done = r
-                    frames[k] = frame
-                    for name, v in measures.items():
-                        if name.startswith(("achievement.", "inventory.")) and v > last_measures[k].get(name, 0):
-                            result.events.append({"env": k, "step": step, "event": name, "value": v})
-                    last_measures[k] = measures
-                    if writers[k] is not None:
-                        writers[k].add(frame, label(prompt), step)
-                    if done:
-                        episode_seed[k], next_seed = next_seed, next_seed + 1
-                        reset_slot(k)
+                collector.step()
+                collector.fill()  # ended or crashed episodes restart now, so the window shows the new frame
                 if window is not None:
-                    window.show(frames[0])
+                    window.show(collector.frames[0])
                 result.steps = step
                 bar.advance(task)
                 if realtime:
@@ -250,7 +250,7 @@ def play(
             if w is not None:
                 w.close()
                 result.videos.append(w.path)
-        vec.close()
+        collector.close()
     if video is not None:
         sidecar = Path(video).with_suffix(".json")
         atomic_write_text(sidecar, json.dumps({
