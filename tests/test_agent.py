@@ -301,3 +301,26 @@ def test_agent_act_returns_what_the_policy_computed(agent):
     np.testing.assert_allclose(info["log_prob"], lp.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(info["value"], ref["vpred"].numpy(), rtol=1e-5, atol=1e-5)
     assert (info["log_prob"] <= 0).all() and info["log_prob"].dtype == np.float32
+
+
+def test_agent_load_is_the_library_call_behind_the_cli(tmp_path):
+    """``Agent.load`` finds MineCLIP and the prior beside the weights, and builds what the CLI flags build."""
+    import argparse
+
+    from aimc.agent.agent import find_companion
+    from aimc.agent.commands import add_agent_arguments, build_agent
+
+    weights = make_bundle(tmp_path)
+    assert find_companion(weights, "mineclip") == tmp_path / "run" / "mineclip.safetensors"
+    agent = Agent.load(weights, device="cpu", cond_scale=2.0, seed=3)
+    assert agent.mineclip is not None and agent.prior is not None
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    cli = build_agent(parser.parse_args(["--weights", str(weights), "--cond-scale", "2", "--seed", "3", "--device", "cpu"]))
+    assert agent.describe() == cli.describe() and agent.describe()["weights"] == str(weights.resolve())
+    np.testing.assert_array_equal(agent.text_goals(["chop"], [1]), cli.text_goals(["chop"], [1]))
+    bare = Agent.load(weights, device="cpu", companions=False)
+    assert bare.mineclip is None and bare.prior is None
+    (tmp_path / "run" / "mineclip.safetensors").unlink()
+    with pytest.raises(UserError, match="no MineCLIP checkpoint"):
+        Agent.load(weights, device="cpu", need_text=True)
