@@ -22,7 +22,7 @@ for amp in (None, torch.bfloat16):
         a.reset(4)
         print("agent on cuda, amp", amp, "graph", graph, "ok", acts)
 # graph and eager give the same argmax actions
-from aimc.agent.agent import GraphedGuidedAct, guided_act
+from aimc.agent.agent import GraphedGuidedAct
 torch.manual_seed(0)
 q = STEVE1Policy(PolicyConfig.tiny(action_heads={"action": 17}, mineclip_embed_dim=16)).cuda().eval()
 g = GraphedGuidedAct(q, 4, 6.0, stochastic=False)
@@ -30,8 +30,9 @@ st = q.initial_state(8, "cuda")
 for t in range(4):
     img = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8, device="cuda")
     goal = torch.randn(4, 16, device="cuda"); first = torch.tensor([t == 0] * 4, device="cuda")
-    ea, st, _ = guided_act(q, img, goal, first, st, 6.0, stochastic=False)
+    ea, st, info = q.act(img, goal, first, st, cond_scale=6.0, stochastic=False)
     ga = g(img, goal, first)
     assert torch.equal(ea["action"], ga["action"]), (ea, ga)
-print("CUDA graph step == eager step (argmax), 4 steps")
+    torch.testing.assert_close(g.info["sampled_log_prob"], info["sampled_log_prob"], rtol=1e-4, atol=1e-4)
+print("CUDA graph step == eager step (argmax, log-probs), 4 steps")
 PY
