@@ -6,9 +6,10 @@ are played by every model, so two models are compared on paired episodes.
 
 The episodes are played by :class:`aimc.agent.rollout.RolloutCollector`: all slots of a vector
 env at once, one batched policy forward per step (with classifier-free guidance inside it),
-environments stepped in worker processes. When an episode ends, its slot takes the next job. Each finished episode is appended as one JSON line to
-``results.jsonl`` (flushed and fsynced); a killed evaluation run again with the same output
-folder skips the episodes already there, so it continues where it stopped.
+environments stepped in worker processes. When an episode ends, its slot takes the next job.
+Each finished episode is appended as one JSON line to ``results.jsonl`` (flushed and fsynced);
+a killed evaluation run again with the same output folder skips the episodes already there, so
+it continues where it stopped.
 
 Output folder::
 
