@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "aimc.train.embedder_commands",
     "aimc.agent.commands",
     "aimc.eval.commands",
+    "aimc.tune.commands",
     "aimc.quickstart",
 )
 

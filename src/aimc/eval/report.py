@@ -271,7 +271,7 @@ def _thumbnail(video: Path, width: int = 160) -> str | None:
         img = img.resize((width, max(1, int(img.height * width / img.width))))
         buf = io.BytesIO()
         img.save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        return png_data_uri(buf.getvalue())
     except Exception:  # noqa: BLE001 - a broken video only loses its thumbnail
         return None
 
@@ -306,9 +306,7 @@ def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
     """The comparison page for ``runs`` (the first is the baseline for deltas)."""
     tasks = _task_union(runs)
     base = runs[0]
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>aimc compare: "
-             f"{_esc(' vs '.join(r.name for r in runs))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>aimc compare: {_esc(' vs '.join(r.name for r in runs))}</h1>"]
+    parts = [f"<h1>aimc compare: {_esc(' vs '.join(r.name for r in runs))}</h1>"]
     parts.append('<div class="legend">' + "".join(
         f'<span><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{_esc(r.name)}</span>' for i, r in enumerate(runs)) + "</div>")
     parts.append("<table><tr><th>run</th><th>suite</th><th>episodes</th><th>env errors</th><th>weights</th>"
@@ -444,8 +442,19 @@ def compare_html(runs: list[EvalRun], videos_per_run: int = 8) -> str:
         parts.append("</div>")
     if not any_video:
         parts.append("<p class=\"muted\">No videos recorded (use aimc eval --videos N).</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return html_page(f"aimc compare: {' vs '.join(r.name for r in runs)}", parts)
+
+
+def html_page(title: str, parts: list[str]) -> str:
+    """A self-contained page (inline CSS) around ``parts``; shared by every aimc HTML report."""
+    head = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>"
+            f"<style>{_CSS}</style></head><body>")
+    return "\n".join([head, *parts, "</body></html>"])
+
+
+def png_data_uri(png: bytes) -> str:
+    """PNG bytes -> a data URI for an inline ``<img>``."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def compare_markdown(runs: list[EvalRun]) -> str:

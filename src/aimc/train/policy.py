@@ -553,6 +553,8 @@ def train_policy(
                 ckpt.save_checkpoint(ckpt_dir / "latest", model=policy, optimizer=learner.optimizer,
                                      scaler=learner.scaler, progress=progress, carried_state=state_to_carry)
 
+        stop_reason: list[str] = []  # why an on_validation callback ended the run, for the run's README
+
         def validation() -> bool:
             """Validate; True when the callback asks to stop."""
             v = validate_and_keep_best(learner, val_data, cfg, info, progress, log, ckpt_dir)
@@ -560,7 +562,8 @@ def train_policy(
                 if on_validation is not None:
                     on_validation(v)
             except StopTraining as e:
-                log.note(f"stopped after the validation at step {progress.step}" + (f": {e}" if str(e) else ""))
+                stop_reason.append(f"stopped after the validation at step {progress.step}" + (f": {e}" if str(e) else ""))
+                log.note(stop_reason[-1])
                 return True
             return False
 
@@ -643,7 +646,8 @@ def train_policy(
         if info.is_main:
             final, best = export(policy, run_dir, formats)
             log.finish(progress)
-            rundir.finish(run_dir, cfg, progress, log.last, [str(run_dir / f"final{f}") for f in formats])
+            rundir.finish(run_dir, cfg, progress, log.last, [str(run_dir / f"final{f}") for f in formats],
+                          stopped="".join(stop_reason[-1:]))
         D.barrier(info)
         if not info.is_main and (run_dir / f"best{formats[0]}").is_file():
             best = run_dir / f"best{formats[0]}"

@@ -135,8 +135,12 @@ def note_data(run_dir: Path, described: dict[str, Any], has_val: bool) -> None:
     _append(run_dir, "\n".join(lines) + "\n")
 
 
-def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, Any], exported: list[str]) -> None:
-    """Add the final numbers to the README and a machine-readable ``summary.json``."""
+def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, Any], exported: list[str],
+           stopped: str = "") -> None:
+    """Add the final numbers to the README and a machine-readable ``summary.json``.
+
+    ``stopped``: why the run ended before ``schedule.n_frames`` (e.g. pruned by a search).
+    """
     hours = progress.wall_seconds / 3600
     best = progress.best_val_loss
     text = [
@@ -151,10 +155,12 @@ def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, 
         text.append(f"- best validation loss {best:.4f}")
     if "train/frames_per_s" in last:
         text.append(f"- last measured speed {last['train/frames_per_s']:,.0f} frames/s")
+    if stopped:
+        text.append(f"- {stopped}")
     text.append(f"- exported: {', '.join(f'`{Path(p).name}`' for p in exported)}")
     text.append("")
     _append(run_dir, "\n".join(text))
     summary = {"step": progress.step, "frames": progress.frames, "hours": hours,
                "best_val_loss": None if best == float("inf") else best, "last": last,
-               "exported": exported, "config": to_dict(cfg)}
+               "exported": exported, "stopped": stopped or None, "config": to_dict(cfg)}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
