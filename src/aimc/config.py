@@ -24,14 +24,14 @@ from typing import Any, TypeVar
 
 import yaml
 
-from aimc.errors import UserError
+from aimc.errors import ConfigError
 from aimc.utils.io import atomic_write_text
 
 T = TypeVar("T")
 
+__all__ = ["ConfigError", "load_config", "save_config", "to_dict", "preset_path", "list_presets"]
 
-class ConfigError(UserError, ValueError):
-    """A config file or override is wrong; the message says which key and why."""
+
 
 
 def preset_path(name: str | Path) -> Path:

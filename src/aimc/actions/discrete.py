@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,12 @@ class DiscreteActions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, (int, np.integer)) or self.n <= 0:
-            raise UserError(f"DiscreteActions.n must be a positive integer, got {self.n!r}")
+            raise ConfigError(f"DiscreteActions.n must be a positive integer, got {self.n!r}")
         names = tuple(self.names) if self.names else tuple(f"action_{i}" for i in range(self.n))
         if len(names) != self.n:
-            raise UserError(f"DiscreteActions.names has {len(names)} names for n={self.n} actions")
+            raise ConfigError(f"DiscreteActions.names has {len(names)} names for n={self.n} actions")
         if len(set(names)) != len(names):
-            raise UserError(f"DiscreteActions.names must be unique, got {list(names)}")
+            raise ConfigError(f"DiscreteActions.names must be unique, got {list(names)}")
         object.__setattr__(self, "names", names)
 
     @property

@@ -21,7 +21,6 @@ conditional and an unconditional row per environment, and the policy mixes their
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from aimc.errors import UserError
+from aimc.utils.device import autocast, resolve_device
 
 # STEVE-1 embeds the last 16 frames as a goal clip (the MineCLIP window it was trained with).
 GOAL_CLIP_FRAMES = 16
@@ -84,9 +84,7 @@ class GraphedGuidedAct:
         self.reset_state()
 
     def _step(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        ctx = (torch.autocast("cuda", dtype=self.amp_dtype, cache_enabled=False)
-               if self.amp_dtype is not None else nullcontext())
-        with ctx:
+        with autocast("cuda", self.amp_dtype, cache_enabled=False):
             actions, new_state, info = self.policy.act(self.img, self.goal, self.first, self.state,
                                                        cond_scale=self.cond_scale, stochastic=self.stochastic)
         for old, new in zip(self.state, new_state):
@@ -185,7 +183,7 @@ class Agent:
         """
         from aimc.checkpoints.vpt import load_policy
 
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = resolve_device(device)
         policy = load_policy(weights, model_path=model)
         if mineclip is None and companions:
             mineclip = find_companion(weights, "mineclip")
@@ -215,9 +213,7 @@ class Agent:
 
     # ------------------------------------------------------------------ goals
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def zero_goal(self) -> np.ndarray:
         return np.zeros(max(self.embed_dim, 1), dtype=np.float32)

@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from aimc.errors import UserError
@@ -363,10 +362,3 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
             stacklevel=2,
         )
     return obj
-
-
-def as_numpy_float32(x: Any) -> np.ndarray:
-    """Plain lists / tensors / arrays -> float32 numpy array."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().float().numpy()
-    return np.asarray(x, dtype=np.float32)

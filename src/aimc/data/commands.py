@@ -92,13 +92,13 @@ def _run_custom(args) -> int:
 
 
 def _run_embed(args) -> int:
-    import torch
-
     from aimc.checkpoints.mineclip import load_mineclip
     from aimc.data.embed import embed_store
     from aimc.data.store import EpisodeStore
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from aimc.utils.device import resolve_device
+
+    device = resolve_device(args.device)
     model = load_mineclip(args.mineclip, map_location="cpu").to(device).eval()
     res = embed_store(EpisodeStore(args.store), model, batch_size=args.batch_size, device=device,
                       amp_dtype=args.amp, force=args.force, info={"weights": str(args.mineclip)}, progress=not args.quiet)

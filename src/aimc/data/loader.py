@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from aimc.data.mixture import MixtureSource, ResolvedSource, resolve_sources, source_probabilities
 from aimc.data.relabel import NONE_EMBED_OFFSET, check_sequence_args, relabel_window
 from aimc.data.store import Episode, StoreError
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luminance weights (RGB)
 
@@ -52,11 +51,11 @@ class AugmentConfig:
         for name in ("brightness", "contrast", "saturation"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
-                raise UserError(f"augment.{name} must be in [0, 1), got {v}")
+                raise ConfigError(f"augment.{name} must be in [0, 1), got {v}")
         if not 0.0 <= self.hue <= 0.5:
-            raise UserError(f"augment.hue must be in [0, 0.5], got {self.hue}")
+            raise ConfigError(f"augment.hue must be in [0, 0.5], got {self.hue}")
         if not 0.0 <= self.grayscale_p <= 1.0:
-            raise UserError(f"augment.grayscale_p must be in [0, 1], got {self.grayscale_p}")
+            raise ConfigError(f"augment.grayscale_p must be in [0, 1], got {self.grayscale_p}")
 
 
 def colour_transform(rng: np.random.Generator, cfg: AugmentConfig, mean_luma: float) -> np.ndarray:
@@ -393,8 +392,3 @@ def dataset_from_config(
     )
     kwargs.update(overrides)
     return SequenceDataset(**kwargs)
-
-
-def items_for_frames(frames: int, T: int) -> int:
-    """How many T-frame items cover ``frames`` frames."""
-    return math.ceil(frames / T)

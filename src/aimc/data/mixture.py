@@ -18,7 +18,7 @@ import numpy as np
 
 from aimc.data.split import load_split
 from aimc.data.store import EpisodeStore
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 
 
 @dataclasses.dataclass
@@ -31,7 +31,7 @@ class MixtureSource:
 
     def __post_init__(self) -> None:
         if self.weight is not None and self.weight < 0:
-            raise UserError(f"mixture weight of {self.store} must be >= 0, got {self.weight}")
+            raise ConfigError(f"mixture weight of {self.store} must be >= 0, got {self.weight}")
 
 
 @dataclasses.dataclass

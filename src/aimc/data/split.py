@@ -17,8 +17,6 @@ means every episode).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import yaml
 
@@ -107,7 +105,3 @@ def load_split(store: EpisodeStore, name: str | None) -> list[str]:
         raise UserError(f"{path}: no split {name!r} (has: {', '.join(splits) or 'none'})")
     have = set(present)
     return [e for e in splits[name] or [] if e in have]
-
-
-def split_file(store_root: str | Path) -> Path:
-    return Path(store_root) / SPLIT_FILE

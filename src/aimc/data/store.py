@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 from aimc.utils.io import atomic_dir, atomic_path, atomic_write_text, clean_tmp_dirs
 
 FORMAT_NAME = "aimc-episode"
@@ -61,9 +61,9 @@ class VideoSettings:
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 1:
-            raise UserError(f"video.chunk_frames must be >= 1, got {self.chunk_frames}")
+            raise ConfigError(f"video.chunk_frames must be >= 1, got {self.chunk_frames}")
         if not 0 <= self.crf <= 51:
-            raise UserError(f"video.crf must be in 0..51, got {self.crf}")
+            raise ConfigError(f"video.crf must be in 0..51, got {self.crf}")
 
 
 def validate_episode_id(episode_id: str) -> str:
@@ -148,7 +148,6 @@ def decode_video_chunk(path: Path, start: int, stop: int, out: np.ndarray) -> in
     import cv2
 
     i = 0
-    n = stop - start
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]

@@ -24,7 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 
 # Crafter's 17 actions in its own order; a policy's "action" head indexes this tuple.
 ACTIONS: tuple[str, ...] = (
@@ -94,13 +94,13 @@ class CrafterEnvConfig:
 
     def __post_init__(self) -> None:
         if self.size < 9:
-            raise ValueError(f"size must be at least 9 pixels, got {self.size}")
+            raise ConfigError(f"CrafterEnvConfig.size must be at least 9 pixels, got {self.size}")
         if self.area < 16:
-            raise ValueError(f"area must be at least 16 tiles, got {self.area}")
+            raise ConfigError(f"CrafterEnvConfig.area must be at least 16 tiles, got {self.area}")
         if self.view < 3:
-            raise ValueError(f"view must be at least 3 tiles, got {self.view}")
+            raise ConfigError(f"CrafterEnvConfig.view must be at least 3 tiles, got {self.view}")
         if self.max_steps < 1:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+            raise ConfigError(f"CrafterEnvConfig.max_steps must be positive, got {self.max_steps}")
 
 
 class CrafterEnv(gym.Env):
@@ -189,8 +189,3 @@ class CrafterEnv(gym.Env):
             "step": int(self._env._step),
             "world_seed": self.world_seed,
         }
-
-
-def make_crafter_env(seed: int | None = None, size: int = 64, max_steps: int = 10000) -> CrafterEnv:
-    """A :class:`CrafterEnv` with the given frame size and episode cap."""
-    return CrafterEnv(CrafterEnvConfig(size=size, max_steps=max_steps), seed=seed)

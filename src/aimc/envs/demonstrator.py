@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aimc.envs.crafter import ACTION_INDEX, ACTIONS, CrafterEnv
+from aimc.errors import ConfigError
 
 # The goals the demonstrator can pursue, named by the Crafter achievement that completes them.
 GOALS: tuple[str, ...] = (
@@ -83,21 +84,21 @@ class DemonstratorConfig:
     def __post_init__(self) -> None:
         bad = [g for g in self.goals if g not in GOALS]
         if bad or not self.goals:
-            raise ValueError(f"goals must be a non-empty subset of {list(GOALS)}, got {list(self.goals)}")
+            raise ConfigError(f"DemonstratorConfig.goals must be a non-empty subset of {list(GOALS)}, got {list(self.goals)}")
         if self.goal_weights and len(self.goal_weights) != len(self.goals):
-            raise ValueError(f"goal_weights has {len(self.goal_weights)} entries for {len(self.goals)} goals")
+            raise ConfigError(f"DemonstratorConfig.goal_weights has {len(self.goal_weights)} entries for {len(self.goals)} goals")
         if any(w < 0 for w in self.goal_weights) or (self.goal_weights and sum(self.goal_weights) <= 0):
-            raise ValueError("goal_weights must be non-negative with a positive sum")
+            raise ConfigError("DemonstratorConfig.goal_weights must be non-negative with a positive sum")
         if self.goal_steps < 1:
-            raise ValueError(f"goal_steps must be positive, got {self.goal_steps}")
+            raise ConfigError(f"DemonstratorConfig.goal_steps must be positive, got {self.goal_steps}")
         if self.sight not in ("screen", "map"):
-            raise ValueError(f"sight must be 'screen' or 'map', got {self.sight!r}")
+            raise ConfigError(f"DemonstratorConfig.sight must be 'screen' or 'map', got {self.sight!r}")
         if not 0.0 <= self.turn_chance <= 1.0:
-            raise ValueError(f"turn_chance must be in [0, 1], got {self.turn_chance}")
+            raise ConfigError(f"DemonstratorConfig.turn_chance must be in [0, 1], got {self.turn_chance}")
         if self.search_radius < 2:
-            raise ValueError(f"search_radius must be at least 2, got {self.search_radius}")
+            raise ConfigError(f"DemonstratorConfig.search_radius must be at least 2, got {self.search_radius}")
         if not 0.0 <= self.noise <= 1.0:
-            raise ValueError(f"noise must be in [0, 1], got {self.noise}")
+            raise ConfigError(f"DemonstratorConfig.noise must be in [0, 1], got {self.noise}")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import numpy as np
 
 from aimc.actions.image import resize_to_agent
 from aimc.actions.minecraft import ENV_BUTTONS, N_JOINT_BUTTONS, N_JOINT_CAMERA, policy_to_env
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,14 @@ class MineRLConfig:
         for name in ("resolution", "fov_range", "gamma_range", "guiscale_range", "cursor_size_range"):
             value = tuple(getattr(self, name))
             if len(value) != 2:
-                raise UserError(f"MineRLConfig.{name} must have 2 values, got {value}")
+                raise ConfigError(f"MineRLConfig.{name} must have 2 values, got {value}")
             setattr(self, name, value)
         if self.frameskip < 1:
-            raise UserError(f"MineRLConfig.frameskip must be >= 1, got {self.frameskip}")
+            raise ConfigError(f"MineRLConfig.frameskip must be >= 1, got {self.frameskip}")
         if self.agent_size < 1:
-            raise UserError(f"MineRLConfig.agent_size must be >= 1, got {self.agent_size}")
+            raise ConfigError(f"MineRLConfig.agent_size must be >= 1, got {self.agent_size}")
         if self.max_restarts < 0:
-            raise UserError(f"MineRLConfig.max_restarts must be >= 0, got {self.max_restarts}")
+            raise ConfigError(f"MineRLConfig.max_restarts must be >= 0, got {self.max_restarts}")
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for MineRL's ``HumanSurvival``."""

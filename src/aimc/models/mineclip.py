@@ -21,7 +21,6 @@ each frame's ViT 16 times).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -29,8 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from torch import nn
 
+from aimc.errors import ConfigError
+from aimc.utils.device import autocast
 # MineCLIP's pixel statistics (RGB), applied after scaling to [0, 1].
 MC_IMAGE_MEAN = (0.3331, 0.3245, 0.3051)
 MC_IMAGE_STD = (0.2439, 0.2493, 0.2873)
@@ -91,23 +93,23 @@ class MineCLIPConfig:
     def __post_init__(self) -> None:
         self.resolution = tuple(int(r) for r in self.resolution)  # type: ignore[assignment]
         if len(self.resolution) != 2:
-            raise ValueError(f"resolution must be (height, width), got {self.resolution}")
+            raise ConfigError(f"MineCLIPConfig.resolution must be (height, width), got {self.resolution}")
         for r in self.resolution:
             if r <= 0 or r % self.patch_size:
-                raise ValueError(f"resolution {self.resolution} must be positive multiples of patch_size {self.patch_size}")
+                raise ConfigError(f"MineCLIPConfig.resolution {self.resolution} must be positive multiples of patch_size {self.patch_size}")
         if self.base_image_resolution % self.patch_size:
-            raise ValueError(f"base_image_resolution {self.base_image_resolution} is not a multiple of patch_size")
+            raise ConfigError(f"MineCLIPConfig.base_image_resolution {self.base_image_resolution} is not a multiple of patch_size")
         for name in ("patch_size", "vision_width", "vision_heads", "embed_dim", "text_width", "text_heads",
                      "context_length", "vocab_size", "pool_heads", "pool_dim_head", "pool_ff_mult", "video_seq_len"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"MineCLIPConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("vision_layers", "text_layers", "pool_depth", "video_adapter_layers", "text_adapter_layers"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"MineCLIPConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.vision_width % self.vision_heads:
-            raise ValueError(f"vision_width {self.vision_width} must divide by vision_heads {self.vision_heads}")
+            raise ConfigError(f"MineCLIPConfig.vision_width {self.vision_width} must divide by vision_heads {self.vision_heads}")
         if self.text_width % self.text_heads:
-            raise ValueError(f"text_width {self.text_width} must divide by text_heads {self.text_heads}")
+            raise ConfigError(f"MineCLIPConfig.text_width {self.text_width} must divide by text_heads {self.text_heads}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -541,12 +543,6 @@ def preprocess_frames(frames_rgb: np.ndarray, resolution: tuple[int, int] = (160
     return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # (N, 3, h, w)
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None or amp_dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 def _resolve(model: nn.Module, device: str | torch.device | None, amp_dtype: torch.dtype | str | None):
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(amp_dtype, str):
@@ -595,7 +591,7 @@ def embed_episode(
     valid = torch.zeros(N, dtype=torch.bool)
     if N < WINDOW:
         return emb.numpy(), valid.numpy()
-    with _autocast(device, amp_dtype):
+    with autocast(device, amp_dtype):
         feats = torch.cat([
             model.forward_image_features(frames[i : i + batch_size].to(device, non_blocking=True)).float()
             for i in range(0, N, batch_size)
@@ -631,7 +627,7 @@ def embed_episode_naive(
     emb = torch.zeros(N, model.cfg.embed_dim, dtype=torch.float32)
     valid = torch.zeros(N, dtype=torch.bool)
     starts = list(range(0, max(N - WINDOW + 1, 0)))
-    with _autocast(device, amp_dtype):
+    with autocast(device, amp_dtype):
         for i in range(0, len(starts), batch_size):
             clips = torch.stack([frames[s : s + WINDOW] for s in starts[i : i + batch_size]])  # (b, 16, 3, H, W)
             out = model.encode_video(clips.to(device)).float().cpu()  # (b, D)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aimc.errors import ConfigError
+
 
 @dataclass
 class PriorConfig:
@@ -39,7 +41,7 @@ class PriorConfig:
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden_dim", "latent_dim"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"PriorConfig.{name} must be positive, got {getattr(self, name)}")
 
     @classmethod
     def official(cls) -> PriorConfig:

@@ -26,8 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from torch.utils.checkpoint import checkpoint
 
+from aimc.errors import ConfigError
 # Per-layer recurrent state: transformer blocks hold (mask (B, L) bool, K (B, L, D), V (B, L, D)),
 # LSTM blocks hold (h (B, D), c (B, D)). Everything is batch-first.
 LayerState = tuple[torch.Tensor, ...]
@@ -615,8 +617,8 @@ class PolicyConfig:
     """Correction: log_softmax the guided scores in act(). Original (default): unnormalised."""
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"PolicyConfig.{name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"PolicyConfig.{name}={getattr(self, name)!r}: {why}")
 
         if self.recurrence_type not in RECURRENCE_TYPES:
             raise bad("recurrence_type", f"must be one of {', '.join(RECURRENCE_TYPES)}")

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from aimc.checkpoints.safe_load import load_torch_file
 from aimc.errors import UserError
+from aimc.utils.device import tree_to
 from aimc.utils.io import atomic_dir, clean_tmp_dirs
 
 
@@ -76,26 +77,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _cpu(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _cpu(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_cpu(v) for v in tree)
-    return tree
-
-
-def to_device(tree: Any, device: torch.device) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: to_device(v, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_device(v, device) for v in tree)
-    return tree
-
-
 def save_checkpoint(
     path: Path,
     *,
@@ -107,11 +88,11 @@ def save_checkpoint(
 ) -> Path:
     """Write a resumable checkpoint folder atomically."""
     payload = {
-        "model": _cpu(model.state_dict()),
-        "optimizer": _cpu(optimizer.state_dict()),
+        "model": tree_to(model.state_dict(), "cpu", detach=True),
+        "optimizer": tree_to(optimizer.state_dict(), "cpu", detach=True),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
-        "carried_state": _cpu(carried_state),
+        "carried_state": tree_to(carried_state, "cpu", detach=True),
         "progress": asdict(progress),
     }
     with atomic_dir(path) as tmp:

@@ -95,8 +95,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
-
-
-def lora_state_names(model: nn.Module) -> list[str]:
-    """Names of the adapter parameters."""
-    return [n for n, _ in model.named_parameters() if n.endswith(("lora_A", "lora_B"))]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from aimc.config import save_config
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 from aimc.models.mineclip import WINDOW, MineCLIP, MineCLIPConfig
 
 
@@ -96,15 +96,15 @@ class MineCLIPTrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be positive, got {self.steps}")
+            raise ConfigError(f"MineCLIPTrainConfig.steps must be positive, got {self.steps}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (contrastive pairs), got {self.batch_size}")
+            raise ConfigError(f"MineCLIPTrainConfig.batch_size must be at least 2 (contrastive pairs), got {self.batch_size}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"MineCLIPTrainConfig.lr must be positive, got {self.lr}")
         if self.embed_dim < 1:
-            raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
+            raise ConfigError(f"MineCLIPTrainConfig.embed_dim must be positive, got {self.embed_dim}")
         if self.jitter < 0 or self.max_episodes < 0 or self.warmup_steps < 0:
-            raise ValueError("jitter, max_episodes and warmup_steps must be >= 0")
+            raise ConfigError("MineCLIPTrainConfig.jitter, max_episodes and warmup_steps must be >= 0")
 
     def model_config(self) -> MineCLIPConfig:
         base = crafter_mineclip_config(self.embed_dim)

@@ -25,7 +25,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +46,7 @@ from aimc.train.optim import (
     set_lr,
     weight_norm,
 )
+from aimc.utils.device import PRECISION_DTYPES, autocast, tree_to
 from aimc.utils.io import atomic_dir
 
 
@@ -70,14 +70,6 @@ class BatchSource(Protocol):
 
 # ----------------------------------------------------------------------------------
 # pieces of the step
-
-
-def autocast_for(precision: str, device: torch.device):
-    """Autocast context and dtype for ``bf16`` / ``fp16``; a no-op for ``fp32``."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -130,7 +122,7 @@ def micro_step(model: nn.Module, policy: nn.Module, c: dict[str, Any], state: An
     Returns the chunk's loss (detached) and the new recurrent state, detached so that
     the next chunk's backward stops here (truncated BPTT).
     """
-    with autocast_for(precision, device):
+    with autocast(device, PRECISION_DTYPES[precision]):
         loss, new_state = loss_fn(model, policy, c, state)
     scaled = loss * scale
     (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -159,7 +151,7 @@ def validate(policy: nn.Module, batches: Iterable[dict[str, Any]], cfg: TrainCon
         state = policy.initial_state(B, device=device)
         for t0 in range(0, T, tt):
             c = chunk(batch, t0, t0 + tt, device)
-            with autocast_for(precision, device):
+            with autocast(device, PRECISION_DTYPES[precision]):
                 loss, state = bc_loss(policy, policy, c, state)
             total += loss
             n += 1
@@ -342,7 +334,7 @@ class SequenceChunks:
         if b != self._index:
             batch = self.source.batch(b)
             self.uncond.append(unconditioned_fraction(torch.as_tensor(batch["goal"])))
-            self._index, self._batch = b, ckpt.to_device(batch, self.device)  # once per batch; chunks are views
+            self._index, self._batch = b, tree_to(batch, self.device)  # once per batch; chunks are views
         if c_i == 0 or self.carried is None:
             self.carried = self.policy.initial_state(self._batch["first"].shape[0], device=self.device)
         return chunk(self._batch, c_i * self.trunc_t, (c_i + 1) * self.trunc_t, self.device), self.carried
@@ -421,7 +413,7 @@ def restore(learner: Learner, cfg: TrainConfig, latest: Path | None) -> tuple[ck
     if learner.scaler is not None and saved["scaler"] is not None:
         learner.scaler.load_state_dict(saved["scaler"])
     ckpt.set_rng_state(saved["rng"])
-    return saved["progress"], ckpt.to_device(saved["carried_state"], learner.device)
+    return saved["progress"], tree_to(saved["carried_state"], learner.device)
 
 
 @dataclass

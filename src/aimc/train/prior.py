@@ -22,7 +22,6 @@ the best, written at the end).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import subprocess
@@ -36,8 +35,10 @@ import torch
 from aimc.checkpoints.prior import save_prior
 from aimc.checkpoints.safe_load import check_readable_file, load_plain_pickle
 from aimc.config import save_config
-from aimc.errors import UserError
+from aimc.errors import ConfigError, UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
+from aimc.utils.device import autocast as amp_autocast
+from aimc.utils.device import resolve_device
 from aimc.utils.io import atomic_write_bytes, atomic_write_text
 
 
@@ -74,17 +75,17 @@ class PriorTrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"PriorTrainConfig.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"PriorTrainConfig.batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"PriorTrainConfig.lr must be > 0, got {self.lr}")
         if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+            raise ConfigError(f"PriorTrainConfig.beta must be >= 0, got {self.beta}")
         if self.val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {self.val_size}")
+            raise ConfigError(f"PriorTrainConfig.val_size must be >= 0, got {self.val_size}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError(f"PriorTrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 def load_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -171,14 +172,6 @@ def split_pairs(text: np.ndarray, visual: np.ndarray, cfg: PriorTrainConfig):
     return (text[tr], visual[tr]), (text[va], visual[va])
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return torch.device(name)
-
-
 def _git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -231,7 +224,7 @@ def train_prior(
     atomic_write_text(run_dir / "run.json", json.dumps({"git_revision": _git_revision(), "n_pairs": len(text_np)}) + "\n")
 
     # 1. data: seeded split, tensors on the device (embeddings are small)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     (tr_t, tr_v), (va_t, va_v) = split_pairs(text_np, visual_np, cfg)
     tr_t, tr_v, va_t, va_v = (torch.from_numpy(a).to(device) for a in (tr_t, tr_v, va_t, va_v))
 
@@ -242,7 +235,7 @@ def train_prior(
     use_amp = cfg.amp and device.type == "cuda"
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+        return amp_autocast(device, torch.float16 if use_amp else None)
 
     writer = SummaryWriter(str(run_dir / "tb"))
     best_val, best_path = math.inf, ckpt_dir / "prior_best.pt"
