@@ -195,17 +195,11 @@ def test_model_files_aimc_writes_hold_builtins_only(tmp_path: Path):
 
 @pytest.mark.parametrize("content", ["text", "empty", "directory", "truncated"])
 def test_wrong_files_are_clear_errors(tmp_path: Path, content: str):
+    from test_wrong_files import _bad
+
     from aimc.errors import UserError
 
-    p = tmp_path / "policy.model"
-    if content == "text":
-        p.write_text("these are my notes\n")
-    elif content == "empty":
-        p.write_bytes(b"")
-    elif content == "directory":
-        p.mkdir()
-    else:
-        p.write_bytes(pickle.dumps({"model": {"args": {"net": {"args": {"hidsize": 8}}}}}, protocol=4)[:30])
+    p = _bad(tmp_path, "policy.model", content)
     for loader in (load_plain_pickle, load_torch_file):
         with pytest.raises(UserError) as e:
             loader(p)
