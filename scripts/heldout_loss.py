@@ -1,7 +1,8 @@
 """Validation loss of trained policies on a held-out split, computed the way training validates.
 
-    python scripts/heldout_loss.py --preset crafter --split test --weights A.safetensors B.safetensors \
-        data.stores=[runs/quickstart/store] model.goal_dim=64 validation.max_batches=16
+    python scripts/heldout_loss.py --preset crafter --split test \
+        data.stores=[runs/quickstart/store] model.goal_dim=64 validation.max_batches=16 \
+        --weights A.safetensors B.safetensors
 
 Each policy is loaded from its ``.safetensors`` (+ ``.yaml``); the batches come from the preset's
 data path with ``data.val_split`` set to ``--split``, seeded the same for every policy, so the
@@ -28,7 +29,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", required=True)
     p.add_argument("--split", required=True, help="the held-out split of the stores (e.g. test)")
-    p.add_argument("--weights", nargs="+", required=True)
+    p.add_argument("--weights", nargs="+", required=True, help="policies to score (last on the line)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(TrainConfig, args.preset, [*args.overrides, f"data.val_split={args.split}"])
