@@ -94,3 +94,18 @@ def test_report_renders_in_headless_chromium(report):
     # the bars are drawn: the palette's first two colours appear on the page
     for color in ((0x4C, 0x72, 0xB0), (0xDD, 0x84, 0x52)):
         assert (np.abs(img.astype(int) - color).sum(-1) < 12).sum() > 200, color
+
+
+def test_compare_on_a_training_run_is_a_clear_error(tmp_path, capsys):
+    from aimc.cli import main
+
+    run = tmp_path / "policy"
+    run.mkdir()
+    (run / "summary.json").write_text('{"step": 4, "frames": 128, "best_val_loss": 1.6, "last": {}}')
+    other = tmp_path / "broken"
+    other.mkdir()
+    (other / "summary.json").write_text("{not json")
+    for folder, text in ((run, "a training run's summary"), (other, "not readable JSON")):
+        assert main(["compare", str(folder), str(folder), "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and text in err and "Traceback" not in err

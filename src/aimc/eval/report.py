@@ -105,7 +105,17 @@ def load_eval_run(path: str | Path, name: str | None = None) -> EvalRun:
             f"{path}: no summary.json here; pass the folder that `aimc eval --out` wrote "
             "(run `aimc eval` again with the same --out to finish or re-summarise it)"
         )
-    summary = json.loads(sfile.read_text(encoding="utf-8"))
+    try:
+        summary = json.loads(sfile.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{sfile}: not readable JSON ({e}); run `aimc eval` again with the same --out to rewrite it") from None
+    if not isinstance(summary, dict) or "tasks" not in summary:
+        what = ("a training run's summary (aimc train writes it)" if isinstance(summary, dict) and "best_val_loss" in summary
+                else "not an evaluation summary")
+        raise UserError(
+            f"{path}: its summary.json is {what}; aimc compare reads evaluation folders: run "
+            f"`aimc eval --weights {path / 'final.safetensors'} --suite SUITE --out EVAL` and compare the EVAL folders"
+        )
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8")) if (path / "meta.json").is_file() else {}
     train_dir = _find_train_dir((meta.get("agent") or {}).get("weights"))
     curves = read_curves(train_dir / "metrics.jsonl") if train_dir else {}
