@@ -117,21 +117,14 @@ class _CarefulUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def __init__(self, f, source: str):
         super().__init__(f)
         self._source = source
-        self.records: set[str] = set()
 
     def _refuse(self, ref: _ClassRef, opcode: str, how: str) -> UnsafeFileError:
         return UnsafeFileError(
-            f"{self._source}: refused to load: the pickle {how.format(ref=ref)} ({opcode} opcode, at byte "
-            f"{self._pos()}). A data file only ever builds such objects from stored state (NEWOBJ + BUILD); "
+            f"{self._source}: refused to load: the pickle {how.format(ref=ref)} ({opcode} opcode). "
+            "A data file only ever builds such objects from stored state (NEWOBJ + BUILD); "
             "this one asks to call it, so nothing was loaded. If you trust where the file came from, re-save "
             "it as plain data (e.g. with the tool that made it)."
         )
-
-    def _pos(self) -> int:
-        try:
-            return self._file_read.__self__.tell()  # type: ignore[attr-defined]
-        except Exception:
-            return -1
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _PLAIN_ALLOWED:
@@ -147,7 +140,6 @@ class _CarefulUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         args = self.stack.pop()
         cls = self.stack.pop()
         if isinstance(cls, _ClassRef):
-            self.records.add(str(cls))
             self.append(InertRecord(str(cls), tuple(args)))
         else:
             self.append(cls.__new__(cls, *args))
