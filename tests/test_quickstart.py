@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
+from pathlib import Path
 
-from aimc.cli import main
+import pytest
+
+from aimc.cli import build_cli, main
 from aimc.data.store import EpisodeStore
 
 
@@ -40,6 +44,11 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     assert (run / "eval" / "summary.md").is_file()
     assert list((run / "eval").glob("videos/*.mp4"))
     assert "collect_wood" in (run / "summary.md").read_text()
+    # the closing text names the full evaluation as a command that the CLI accepts
+    cmd = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Full evaluation"))
+    args = build_cli().parser.parse_args(shlex.split(cmd)[1:])
+    assert (args.episodes, args.suite, args.cond_scale) == (60, "crafter-core", 1.0)
+    assert Path(args.weights).is_file() and Path(args.mineclip).is_file() and Path(args.prior).is_file()
 
     # a second call finds every stage done; --finetune then records the weakest skill,
     # fine-tunes from the quickstart's policy and compares before/after
@@ -99,3 +108,31 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(torch.as_tensor(a), torch.as_tensor(b)))
+
+
+@pytest.mark.parametrize("minutes", [20, 60])
+def test_the_closing_table_is_measured_on_at_least_20_episodes_per_condition(minutes):
+    from aimc.quickstart import make_plan
+
+    assert make_plan(minutes, fast=False).eval_episodes >= 20
+
+
+def test_the_closing_evaluation_is_timed_on_this_machine_and_reserved():
+    """The policy stage times a few batched evaluation steps with its own architecture and
+    reserves the evaluation's expected steps at that speed."""
+    from aimc.eval.runner import plan_jobs
+    from aimc.quickstart import EVAL_EPISODE_FILL, EVAL_OVERHEAD, eval_seconds, eval_suite, make_plan, time_eval_step
+    from aimc.train.config import TrainConfig
+    from aimc.config import load_config
+    from aimc.train.policy import build_policy
+
+    plan = make_plan(20, fast=False)
+    jobs = plan_jobs(eval_suite(plan), plan.eval_episodes)
+    assert len(jobs) == 9 * plan.eval_episodes  # 8 instructions + the unconditioned episodes
+    steps = sum(j.horizon for j in jobs) * EVAL_EPISODE_FILL
+    assert eval_seconds(plan, 0.02) == pytest.approx(5.0 + steps / 8 * 0.02 * EVAL_OVERHEAD)
+
+    cfg = load_config(TrainConfig, "crafter_fast", ["model.goal_dim=8"])
+    fast = replace(make_plan(1, fast=True), eval_workers=0)
+    step_s = time_eval_step(build_policy(cfg), fast, num_envs=2, steps=2)
+    assert 0.0 < step_s < 5.0

@@ -45,7 +45,9 @@ class QuickstartPlan:
     embedder_seconds / embedder_steps: contrastive training budget (whichever ends first).
     policy_preset: TrainConfig preset of the policy. policy_frames: 0 = fill the time left.
     prior_epochs: prior training epochs. eval_episodes / eval_max_steps / eval_tasks /
-    eval_videos: the small evaluation (empty tasks = all of crafter-core).
+    eval_videos: the closing evaluation (empty tasks = all of crafter-core), episodes per
+    condition; its time is measured before the policy stage and reserved (:func:`time_eval_step`).
+    eval_workers: env processes of the closing evaluation.
     cond_scale: classifier-free guidance scale used in the evaluation (1: the best mean lift
         in two guidance sweeps, docs/results.md).
     relabel: hindsight goal times (``data.relabel``): "events" (anchored at captioned events,
@@ -63,10 +65,11 @@ class QuickstartPlan:
     policy_preset: str = "crafter"
     policy_frames: int = 0
     prior_epochs: int = 40
-    eval_episodes: int = 2
+    eval_episodes: int = 20
     eval_max_steps: int = 300
     eval_tasks: tuple[str, ...] = ()
     eval_videos: int = 1
+    eval_workers: int = 2
     cond_scale: float = 1.0
     relabel: str = "events"
     seed: int = 0
@@ -80,11 +83,11 @@ def make_plan(minutes: float, fast: bool, workers: int = 2, seed: int = 0) -> Qu
                               embedder_seconds=10,
                               embedder_steps=20, policy_preset="crafter_fast", policy_frames=640, prior_epochs=5,
                               eval_episodes=1, eval_max_steps=20, eval_tasks=("collect_wood", "place_table"),
-                              eval_videos=1, seed=seed)
+                              eval_videos=1, eval_workers=0, seed=seed)
     scale = minutes / 20.0
     return QuickstartPlan(minutes=minutes, episodes=max(20, int(400 * scale)), workers=workers,
                           generate_seconds=240 * scale, embedder_seconds=300 * scale, embedder_steps=int(5000 * scale),
-                          seed=seed)
+                          eval_workers=min(workers, 2), seed=seed)
 
 
 class _Display:
@@ -243,12 +246,16 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
     # the batches aimc train would make from this config (for events: every frame of the store in
     # memory), made once: timed here, trained on below; batches are stateless by index
     train_data, val_data = make_sources(cfg0)
-    seconds = 0.0
+    seconds = eval_s = 0.0
     if not frames:
         # x1.2: validation, logging and checkpoints; real steps ran 0.73x-1.3x of the timed one in
         # four measured runs, so the plan is also a hard limit: slower steps stop at the deadline
         per_step = _seconds_per_step(cfg0, train_data) * 1.2
-        seconds = max(30.0, deadline - time.time() - reserve_s)
+        # the closing evaluation, timed now with this architecture, is reserved beside the prior
+        from aimc.train.policy import build_policy
+
+        eval_s = eval_seconds(plan, time_eval_step(build_policy(cfg0), plan))
+        seconds = max(30.0, deadline - time.time() - reserve_s - eval_s)
         steps = max(20, int(seconds / per_step))
         frames = steps * cfg0.frames_per_step()
     cfg = policy_config(run, plan, goal_dim, frames, seconds)
@@ -262,7 +269,8 @@ def stage_policy(run: Path, plan: QuickstartPlan, display: _Display, deadline: f
         stop.set()
     # what was trained (fewer frames than planned when the time limit stopped it) and the last losses
     last = {k: result.last[m] for k, m in (("loss", "train/loss"), ("val_loss", "val/loss")) if m in result.last}
-    return {"weights": str(result.weights), "frames": result.frames, "seconds": time.time() - t0, **last}
+    return {"weights": str(result.weights), "frames": result.frames, "seconds": time.time() - t0, **last,
+            **({"eval_planned_s": eval_s} if eval_s else {})}
 
 
 def _goal_dim(run: Path) -> int:
@@ -299,6 +307,65 @@ def stage_prior(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
     return {"path": str(st if st.is_file() else best), "pairs": len(text), "seconds": time.time() - t0}
 
 
+def eval_suite(plan: QuickstartPlan):
+    """The closing evaluation's suite: ``crafter-core`` (or the plan's tasks), cut at ``eval_max_steps``."""
+    from aimc.eval.suite import load_suite
+
+    suite = load_suite("crafter-core")
+    if plan.eval_tasks:
+        suite = suite.select(list(plan.eval_tasks))
+    return replace(suite, max_steps=min(suite.max_steps, plan.eval_max_steps),
+                   tasks=tuple(replace(t, max_steps=min(t.max_steps, plan.eval_max_steps)) for t in suite.tasks))
+
+
+# Share of the horizon an evaluation episode of crafter-core lasts on average (the agent dies or
+# the world ends it earlier): 33,188 steps in 180 episodes of at most 300 = 0.61 for the pinned
+# baseline policy (docs/results.md); and how much slower the whole evaluation runs than the
+# timed steps (world resets, prior samples, videos, scoring, a partly filled last round): 26 ms
+# against 14 ms per batched step of 8 worlds in the same measurement, on 2 cores.
+EVAL_EPISODE_FILL = 0.65
+EVAL_OVERHEAD = 1.8
+
+
+def time_eval_step(policy, plan: QuickstartPlan, num_envs: int = 8, steps: int = 12) -> float:
+    """Seconds per batched evaluation step, measured now on this machine: ``policy`` (the policy
+    stage's architecture, weights do not matter) acts with guidance in ``num_envs`` built-in
+    worlds stepped by ``plan.eval_workers`` env processes, as the closing evaluation will."""
+    from aimc.agent.agent import Agent
+    from aimc.agent.rollout import Episode, RolloutCollector
+
+    suite = eval_suite(plan)
+    agent = Agent(policy, cond_scale=plan.cond_scale, device="cpu", seed=plan.seed)
+    zero = np.zeros(agent.embed_dim, np.float32)
+    episodes = iter(Episode(suite.env, 10_000_000 + i, goal=zero, horizon=None) for i in range(10 * num_envs))
+    with RolloutCollector(agent, num_envs, lambda _slot: next(episodes, None), workers=plan.eval_workers) as col:
+        for _ in range(3):  # env start-up and first forwards
+            col.step()
+        t0 = time.perf_counter()
+        taken = sum(len(col.step()) == num_envs for _ in range(steps))
+        seconds = (time.perf_counter() - t0) / steps
+        if taken < steps:  # crashed or ended envs: the timing would not be the evaluation's
+            why = col.crashes[0].message if col.crashes else "episodes ended"
+            raise UserError(f"could not time the closing evaluation: {why}")
+        return seconds
+
+
+def eval_seconds(plan: QuickstartPlan, step_s: float, num_envs: int = 8) -> float:
+    """Planned time of the closing evaluation: its episodes' expected steps, ``num_envs`` at a time."""
+    from aimc.eval.runner import plan_jobs
+
+    suite = eval_suite(plan)
+    steps = sum(j.horizon for j in plan_jobs(suite, plan.eval_episodes)) * EVAL_EPISODE_FILL
+    return 5.0 + steps / num_envs * step_s * EVAL_OVERHEAD
+
+
+def full_eval_command(run: Path, results: dict, cond_scale: float) -> str:
+    """The ``aimc eval`` command of the full table (60 episodes per condition, docs/results.md)."""
+    return (f"aimc eval --weights {results['policy']['weights']} --mineclip {run / 'mineclip' / 'mineclip.safetensors'} "
+            f"--prior {results['prior']['path']} --suite crafter-core --episodes 60 --cond-scale {cond_scale:g} "
+            f"--num-envs 8 --workers 2 --out {run / 'eval60'}")
+
+
 def _agent(run: Path, results: dict, cond_scale: float, seed: int):
     from aimc.agent.agent import Agent
 
@@ -310,25 +377,22 @@ def _agent(run: Path, results: dict, cond_scale: float, seed: int):
 def stage_eval(run: Path, plan: QuickstartPlan, display: _Display, results: dict) -> dict:
     from aimc.eval.report import write_summary
     from aimc.eval.runner import plan_jobs, run_suite
-    from aimc.eval.suite import load_suite
 
-    suite = load_suite("crafter-core")
-    if plan.eval_tasks:
-        suite = suite.select(list(plan.eval_tasks))
-    suite = replace(suite, max_steps=min(suite.max_steps, plan.eval_max_steps),
-                    tasks=tuple(replace(t, max_steps=min(t.max_steps, plan.eval_max_steps)) for t in suite.tasks))
+    suite = eval_suite(plan)
     agent = _agent(run, results, plan.cond_scale, plan.seed)
     n_jobs = len(plan_jobs(suite, plan.eval_episodes))
+    planned = results.get("policy", {}).get("eval_planned_s") or n_jobs * suite.max_steps / 400.0
     t0 = time.time()
     stop = threading.Event()
-    _ticker(display, "eval", n_jobs * suite.max_steps / 400.0, stop, f"{n_jobs} episodes")
+    _ticker(display, "eval", planned, stop, f"{n_jobs} episodes, {plan.eval_episodes} per condition")
     try:
         run_suite(suite, agent, run / "eval", episodes=plan.eval_episodes, num_envs=min(8, n_jobs), videos=plan.eval_videos,
-                  progress=False)
+                  workers=plan.eval_workers, progress=False)
     finally:
         stop.set()
     summary = write_summary(run / "eval", suite)
-    return {"dir": str(run / "eval"), "episodes": n_jobs, "seconds": time.time() - t0, "summary": summary}
+    return {"dir": str(run / "eval"), "episodes": n_jobs, "per_condition": plan.eval_episodes,
+            "seconds": time.time() - t0, "planned_seconds": planned, "summary": summary}
 
 
 def weakest_skill(summary: dict, candidates: tuple[str, ...] = ("make_wood_pickaxe", "place_table", "collect_stone",
@@ -483,10 +547,10 @@ def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, w
                 results[stage] = stage_embed(run, plan, display)
                 note = f"{results[stage]['frames']:,} frames embedded"
             elif stage == "policy":
-                # prior (~2.7e-5 s per pair and epoch, ~1.3 pairs per frame) + evaluation (~1 s per
-                # episode), as measured on 2 cores
+                # the prior (~2.7e-5 s per pair and epoch, ~1.3 pairs per frame, as measured on 2
+                # cores); the closing evaluation is timed and reserved by the policy stage
                 frames = results["generate"]["frames"]
-                reserve = 30.0 + 3.5e-5 * frames * plan.prior_epochs + plan.eval_episodes * 9 * 1.5
+                reserve = 30.0 + 3.5e-5 * frames * plan.prior_epochs
                 results[stage] = stage_policy(run, plan, display, deadline, reserve)
                 note = f"{results[stage]['frames']:,} frames, loss {results[stage].get('loss', float('nan')):.3f}"
             elif stage == "prior":
@@ -520,7 +584,9 @@ def summary_text(run: Path, state: dict) -> str:
     lines.append(f"| goal embeddings | {r['embed']['frames']:,} frames | {r['embed']['seconds']:.0f} |")
     lines.append(f"| policy | {r['policy']['frames']:,} frames, loss {r['policy'].get('loss', float('nan')):.3f} | {r['policy']['seconds']:.0f} |")
     lines.append(f"| prior | {r['prior']['pairs']:,} caption pairs | {r['prior']['seconds']:.0f} |")
-    lines.append(f"| evaluation | {r['eval']['episodes']} episodes | {r['eval']['seconds']:.0f} |")
+    per = r["eval"].get("per_condition")
+    lines.append(f"| evaluation | {r['eval']['episodes']} episodes"
+                 f"{f' ({per} per condition)' if per else ''} | {r['eval']['seconds']:.0f} |")
     s = r["eval"]["summary"]
     lines += ["", "Success on held-out worlds (95 % Wilson intervals):", "",
               "| instruction | when instructed | unconditioned | lift |", "| --- | --- | --- | --- |"]
@@ -531,7 +597,9 @@ def summary_text(run: Path, state: dict) -> str:
     ev = Path(r["eval"]["dir"])
     videos = sorted(ev.glob("videos/*.mp4"))
     lines += ["", f"Total {state.get('seconds', 0) / 60:.1f} minutes.",
-              f"Evaluation report: {ev / 'summary.md'} (full table: aimc eval, see docs/results.md)",
+              f"Evaluation report: {ev / 'summary.md'}",
+              f"Full evaluation (60 episodes per condition, about 6 minutes on 2 cores): "
+              f"{full_eval_command(run, r, state.get('plan', {}).get('cond_scale', 1.0))}",
               f"Videos: {ev / 'videos'} ({len(videos)} files)" if videos else "Videos: none recorded",
               f"Policy weights: {r['policy']['weights']}",
               f"Try it: aimc run --weights {r['policy']['weights']} --mineclip {run / 'mineclip' / 'mineclip.safetensors'} "
