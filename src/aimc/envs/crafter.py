@@ -103,11 +103,41 @@ class CrafterEnvConfig:
             raise ConfigError(f"CrafterEnvConfig.max_steps must be positive, got {self.max_steps}")
 
 
+class _OrderedSet(dict):
+    """The set operations Crafter uses on a map chunk's creatures (add, remove, iterate, in, len),
+    iterating in insertion order."""
+
+    def add(self, item: Any) -> None:
+        self[item] = None
+
+    def remove(self, item: Any) -> None:
+        del self[item]
+
+
+def _ordered_chunks(world: Any) -> None:
+    """Make ``world``'s creature bookkeeping deterministic. Crafter keeps each map chunk's
+    creatures in a plain set, which iterates in memory-address order, and picks the creature to
+    despawn by its position in that order: the same seed and the same actions then gave other
+    worlds in another process (or another run) once a cow or zombie despawned. With insertion
+    order they do not."""
+    import collections
+
+    reset = world.reset
+
+    def ordered_reset(seed: Any = None) -> None:
+        reset(seed=seed)
+        world._chunks = collections.defaultdict(_OrderedSet)
+
+    world.reset = ordered_reset
+
+
 class CrafterEnv(gym.Env):
     """Gymnasium adapter for ``crafter.Env``: seeded worlds, uint8 (size, size, 3) frames.
 
     ``reset(seed=s)`` always builds the same world for the same ``s``; ``reset()`` with no
-    seed continues the env's own seed sequence (seeded by the constructor's ``seed``).
+    seed continues the env's own seed sequence (seeded by the constructor's ``seed``). The same
+    seed and the same actions give the same episode in any process (Crafter's despawning is made
+    deterministic, see ``_ordered_chunks``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -120,6 +150,7 @@ class CrafterEnv(gym.Env):
         self._env = crafter.Env(area=(c.area, c.area), view=(c.view, c.view), size=(c.size, c.size), length=c.max_steps, seed=0)
         # The semantic map is recomputed on every step and we never use it.
         self._env._sem_view = lambda: None
+        _ordered_chunks(self._env._world)
         self.observation_space = gym.spaces.Box(0, 255, (c.size, c.size, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(len(ACTIONS))
         self.render_mode = "rgb_array"

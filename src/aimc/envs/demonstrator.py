@@ -359,7 +359,9 @@ class Demonstrator:
         player = self.env.player
         best, best_d = None, max_dist + 1
         _, objs = self.env.world.nearby(player.pos, max_dist)
-        for obj in objs:
+        # Crafter returns a set (ordered by memory address): ties go to the lowest position, so that
+        # the same world and path give the same choice in every process
+        for obj in sorted(objs, key=lambda o: (int(o.pos[0]), int(o.pos[1]))):
             if type(obj).__name__ == kind and not obj.removed and self._sees(obj.pos):
                 d = int(np.abs(obj.pos - player.pos).sum())
                 if d < best_d:
