@@ -4,6 +4,8 @@ Each frame t >= 15 gets the MineCLIP embedding of frames t-15..t (the 16-frame w
 t), through the fast path :func:`aimc.models.mineclip.embed_episode` (each frame's ViT runs once).
 Long episodes are embedded in segments that overlap by 15 frames, so memory stays bounded and
 the result is the same as one pass. Episodes that already have embeddings are skipped (resume).
+Episodes whose embeddings are the goals their player acted on (``aimc online``'s labelled play,
+``relabel.has_acted_goals``) are never embedded, even with ``force``: those goals are their data.
 
 Note: the store holds the 128x128 agent frames; they are resized to MineCLIP's 160x256 here.
 The original embedded the full-resolution recordings, so embeddings recomputed from a store are
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aimc.data.relabel import NONE_EMBED_OFFSET
+from aimc.data.relabel import NONE_EMBED_OFFSET, has_acted_goals
 from aimc.data.store import EpisodeStore
 from aimc.errors import UserError
 
@@ -76,6 +78,8 @@ def embed_store(
     todo, other = [], []
     for e in ids:
         ep = store.open(e)
+        if has_acted_goals(ep.meta):
+            continue  # its embeddings are the goals acted on, not frame embeddings: never replaced
         if force or not ep.has_embeddings:
             todo.append(e)
         elif ep.meta["embeddings"].get("model_sha256", fingerprint) != fingerprint:

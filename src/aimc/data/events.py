@@ -23,12 +23,18 @@ policy sees at test time look like the ones it was trained on.
 Several stores (or splits) are mixed by weight exactly as the data loader mixes them
 (``mixture.py``): item k draws its source with the mixture's probabilities, then an episode.
 
+Episodes with acted goals (``relabel.has_acted_goals``: ``aimc online``'s labelled play) have
+no events and are not relabeled: step t's goal is the goal the player acted on at frame t, as
+stored (not standardized, never zeroed by ``p_uncond``). A store of such episodes needs no
+event annotations.
+
     batches = EventGoalBatches(["runs/quickstart/store"], T=16, batch_size=64)
     b = batches.batch(0)   # {"img": uint8 (B,T,H,W,3), "goal": float (B,T,D), "actions": {...}, "first": bool (B,T)}
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +43,7 @@ import numpy as np
 
 from aimc.data.loader import collate_sequences
 from aimc.data.mixture import MixtureSource, resolve_sources, source_probabilities
-from aimc.data.relabel import check_sequence_args, goal_index_per_step
+from aimc.data.relabel import check_sequence_args, goal_index_per_step, has_acted_goals
 from aimc.errors import UserError
 
 
@@ -95,6 +101,7 @@ class EventGoalBatches:
         self.actions: list[dict[str, np.ndarray]] = []  # head -> (N,)
         self.emb: list[np.ndarray] = []  # (N, D) float32
         self.valid: list[np.ndarray] = []  # (N,) bool
+        self.acted: list[bool] = []  # the episode's embeddings are the goals acted on: used as stored
         self.events: list[list[tuple[int, str, bool]]] = []  # (frame, event, completes the pursued goal)
         self.switches: list[np.ndarray] = []  # frames where a new goal was picked (sequence starts)
         self.sources = resolve_sources([str(s) if isinstance(s, Path) else s for s in specs], weights, split)
@@ -103,7 +110,8 @@ class EventGoalBatches:
             first = len(self.frames)
             for eid in episode_ids if episode_ids is not None else src.episode_ids:
                 self._load(src.store.open(eid))
-            if len(self.frames) > first and not any(self.events[first:]):
+            relabeled = [i for i in range(first, len(self.frames)) if not self.acted[i]]
+            if relabeled and not any(self.events[i] for i in relabeled):
                 raise UserError(
                     f"{src.store.root}: no episode has event annotations (an annotation's \"event\" key), which "
                     "data.relabel=events anchors goals at; record the store with `aimc data generate --env crafter` "
@@ -122,23 +130,31 @@ class EventGoalBatches:
         self.goal_dim = int(self.emb[0].shape[1])
         self.goal_mean = np.zeros(self.goal_dim, np.float32)
         self.goal_std = np.ones(self.goal_dim, np.float32)
-        if standardize:
-            self.goal_mean, self.goal_std = goal_statistics(self.emb, self.valid)
-            self.emb = [((e - self.goal_mean) / self.goal_std).astype(np.float32) for e in self.emb]
+        hindsight = [i for i, a in enumerate(self.acted) if not a]
+        if standardize and hindsight:  # acted goals are already what the policy was fed: kept as they are
+            self.goal_mean, self.goal_std = goal_statistics([self.emb[i] for i in hindsight],
+                                                            [self.valid[i] for i in hindsight])
+            for i in hindsight:
+                self.emb[i] = ((self.emb[i] - self.goal_mean) / self.goal_std).astype(np.float32)
         self.num_frames = int(sum(len(f) for f in self.frames))
 
     def _load(self, ep) -> None:
-        if ep.num_frames < self.T + 1:
+        acted = has_acted_goals(ep.meta)
+        if ep.num_frames < self.T + (0 if acted else 1):
             return
         got = ep.embeddings()
         if got is None:
             raise UserError(f"{ep.path}: no goal embeddings; run `aimc data embed` on its store first")
         n = ep.num_frames
+        if acted and not np.asarray(got[1], dtype=bool).all():
+            raise UserError(f"{ep.path}: an episode of acted goals must have a goal at every frame (embed_valid all true)")
+        heads = ep.meta.get("policy_heads") or [k for k in ep.actions() if not k.startswith("env_")]
         self.frames.append(ep.frames(0, n))
-        self.actions.append({k: np.array(v, dtype=np.int64) for k, v in ep.actions().items()})  # a copy: in memory
+        self.actions.append({k: np.array(ep.actions()[k], dtype=np.int64) for k in heads})  # a copy: in memory
         self.emb.append(np.asarray(got[0], dtype=np.float32))
         self.valid.append(np.asarray(got[1], dtype=bool))
-        self.events.append(_episode_events(ep))
+        self.acted.append(acted)
+        self.events.append([] if acted else _episode_events(ep))
         starts = {int(g[0]) for g in ep.meta.get("goal_segments", []) if int(g[0]) <= n - self.T}
         self.switches.append(np.asarray(sorted(starts), dtype=np.int64))
 
@@ -175,13 +191,23 @@ class EventGoalBatches:
             start = int(rng.integers(0, len(self.frames[i]) - self.T + 1))
         stop = start + self.T
         goal = np.zeros((self.T, self.goal_dim), dtype=np.float32)  # (T, D)
-        anchors = self.anchors(rng, i)
-        if rng.random() >= self.p_uncond:
-            goal = self.emb[i][goal_index_per_step(anchors, start, stop)]  # anchors end at the last frame
+        if self.acted[i]:
+            goal = self.emb[i][start:stop].copy()  # the goals acted on, frame by frame
+        else:
+            anchors = self.anchors(rng, i)
+            if rng.random() >= self.p_uncond:
+                goal = self.emb[i][goal_index_per_step(anchors, start, stop)]  # anchors end at the last frame
         first = np.zeros(self.T, dtype=bool)
         first[0] = True
         return {"img": self.frames[i][start:stop], "goal": goal,
                 "actions": {k: v[start:stop] for k, v in self.actions[i].items()}, "first": first}
+
+    def reseeded(self, seed: int) -> EventGoalBatches:
+        """The same episodes (held in memory once) drawn from another random stream: batch k
+        from rng(seed, rank, k). For several trainings over the same data."""
+        other = copy.copy(self)
+        other.seed = int(seed)
+        return other
 
     def batch(self, index: int) -> dict:
         """Batch ``index``: {"img" (B,T,H,W,3) uint8, "goal" (B,T,D), "actions" {head: (B,T)}, "first" (B,T)}."""
@@ -195,6 +221,7 @@ class EventGoalBatches:
             "sources": [{"store": str(s.store.root), "episodes": len(s.episode_ids), "eligible": int(len(m)), "p": float(p)}
                         for s, m, p in zip(self.sources, self._members, self._source_p)],
             "usable_frames": self.num_frames,
+            "acted_goal_episodes": int(sum(self.acted)),
             "goal_dim": self.goal_dim,
             "action_keys": list(self.actions[0]),
             "events": len(self.keep),

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aimc.data.mixture import MixtureSource, ResolvedSource, resolve_sources, source_probabilities
-from aimc.data.relabel import NONE_EMBED_OFFSET, check_sequence_args, relabel_window
+from aimc.data.relabel import NONE_EMBED_OFFSET, check_sequence_args, has_acted_goals, relabel_window
 from aimc.data.store import Episode, StoreError
 from aimc.errors import ConfigError, UserError
 
@@ -107,6 +107,10 @@ class SequenceDataset(Dataset):
     never below T + 15); shard: ``"stream"`` (every rank samples all episodes, from its own random
     stream) or ``"episodes"`` (rank r also keeps only every world_size-th eligible episode of each
     source, so ranks never share an episode).
+
+    Episodes with acted goals (``relabel.has_acted_goals``: ``aimc online``'s labelled play) are
+    not relabeled: step t's goal is the stored goal of frame t, windows may start at frame 0 (an
+    episode needs only T frames), and ``p_uncond`` does not apply to them.
     """
 
     def __init__(
@@ -152,27 +156,39 @@ class SequenceDataset(Dataset):
         min_len = max(min_btwn_goals + NONE_EMBED_OFFSET, T + NONE_EMBED_OFFSET)  # the original's rule
         if min_episode_frames is not None:
             min_len = max(min_episode_frames, T + NONE_EMBED_OFFSET)
-        # per source: eligible episode positions and cumulative window counts
+        acted_min_len = T if min_episode_frames is None else max(min_episode_frames, T)
+        # per source: eligible episode positions, where their windows may start, cumulative window counts
         self._eligible: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        self._acted: list[set[int]] = []  # positions of episodes with acted goals (never relabeled)
         self._cum: list[np.ndarray] = []
         usable = []
         dims = set()
         missing = []
         for s in self.sources:
-            ok = np.nonzero(s.lengths >= min_len)[0]
+            acted: set[int] = set()
+            metas: dict[int, dict] = {}
+            for i in np.nonzero(s.lengths >= min(min_len, acted_min_len))[0].tolist():
+                metas[i] = s.store.open(s.episode_ids[i]).meta
+                if has_acted_goals(metas[i]):
+                    acted.add(i)
+            ok = np.asarray([i for i in metas if s.lengths[i] >= (acted_min_len if i in acted else min_len)], dtype=np.int64)
             if shard == "episodes":  # rank r keeps every world_size-th eligible episode
                 ok = ok[rank::world_size]
             for i in ok:
-                meta = s.store.open(s.episode_ids[i]).meta
+                meta = metas[int(i)]
                 if meta.get("embeddings"):
                     dims.add(int(meta["embeddings"]["dim"]))
                 elif require_embeddings:
                     missing.append(f"{s.store.root}/{s.episode_ids[i]}")
             n = s.lengths[ok]
-            counts = n - T - NONE_EMBED_OFFSET + 1 if window == "random" else np.ceil((n - NONE_EMBED_OFFSET) / T).astype(np.int64)
+            off = np.asarray([0 if int(i) in acted else NONE_EMBED_OFFSET for i in ok], dtype=np.int64)
+            counts = n - T - off + 1 if window == "random" else np.ceil((n - off) / T).astype(np.int64)
             self._eligible.append(ok)
+            self._offsets.append(off)
+            self._acted.append(acted)
             self._cum.append(np.cumsum(counts))
-            usable.append(float((n - NONE_EMBED_OFFSET).sum()))
+            usable.append(float((n - off).sum()))
         if missing:
             raise UserError(
                 f"{len(missing)} episode(s) have no goal embeddings (e.g. {missing[0]}); run `aimc data embed` "
@@ -231,10 +247,11 @@ class SequenceDataset(Dataset):
         within = j - (cum[e - 1] if e else 0)
         pos = int(self._eligible[src][e])
         n = int(self.sources[src].lengths[pos])
+        off = int(self._offsets[src][e])  # 15 (no embedding before), 0 for acted goals
         if self.window == "random":
-            start = NONE_EMBED_OFFSET + int(within)
+            start = off + int(within)
         else:
-            start = min(NONE_EMBED_OFFSET + int(within) * self.T, n - self.T)
+            start = min(off + int(within) * self.T, n - self.T)
         return src, pos, start, rng
 
     def __getitem__(self, i: int) -> dict:
@@ -271,15 +288,22 @@ class SequenceDataset(Dataset):
             actions = {name: torch.from_numpy(np.array(all_actions[name][start:stop], dtype=np.int64)) for name in self.action_keys}
         except KeyError as e:
             raise StoreError(f"{ep.path}: no action head {e.args[0]!r} (has {list(all_actions)})") from None
-        goal_idx, uncond = relabel_window(rng, ep.num_frames, start, stop, self.min_btwn_goals, self.max_btwn_goals, self.p_uncond)
         goal = np.zeros((self.T, self.goal_dim), dtype=np.float32)  # (T, D)
-        if not uncond and ep.has_embeddings:
-            uniq, inv = np.unique(goal_idx, return_inverse=True)
+        if pos in self._acted[src]:  # the goals the player acted on, as stored: never relabeled
             _emb, valid = ep.embeddings()  # type: ignore[misc]
-            if not valid[uniq].all():
-                bad = int(uniq[~valid[uniq]][0])
-                raise StoreError(f"{ep.path}: frame {bad} was drawn as a goal but has no valid embedding")
-            goal = ep.embedding_rows(uniq)[inv]
+            if not valid[start:stop].all():
+                raise StoreError(f"{ep.path}: its acted goals have invalid rows in frames [{start}, {stop})")
+            goal = ep.embedding_rows(np.arange(start, stop))
+        else:
+            goal_idx, uncond = relabel_window(rng, ep.num_frames, start, stop, self.min_btwn_goals,
+                                              self.max_btwn_goals, self.p_uncond)
+            if not uncond and ep.has_embeddings:
+                uniq, inv = np.unique(goal_idx, return_inverse=True)
+                _emb, valid = ep.embeddings()  # type: ignore[misc]
+                if not valid[uniq].all():
+                    bad = int(uniq[~valid[uniq]][0])
+                    raise StoreError(f"{ep.path}: frame {bad} was drawn as a goal but has no valid embedding")
+                goal = ep.embedding_rows(uniq)[inv]
         if self.augment.enabled:
             frames = augment_sequence(frames, rng, self.augment)
         first = np.zeros(self.T, dtype=bool)
@@ -299,6 +323,7 @@ class SequenceDataset(Dataset):
                 for s, ok, p in zip(self.sources, self._eligible, self._probs)
             ],
             "usable_frames": self.usable_frames,
+            "acted_goal_episodes": int(sum(len(a & set(ok.tolist())) for a, ok in zip(self._acted, self._eligible))),
             "num_items": self.num_items,
             "goal_dim": self.goal_dim,
             "action_keys": self.action_keys,

@@ -14,6 +14,14 @@ For a training window [start, stop) of an episode with N frames:
 
 Every goal index is >= min_btwn_goals >= 15, so the undefined embeddings of the first 15 frames
 (a MineCLIP window needs 16 frames) are never used.
+
+Episodes with *acted goals* are the exception to all of the above. Their embeddings are not
+MineCLIP embeddings of their frames but the goal the player acted on at each step (``aimc
+online`` writes them: the agent's own play, labelled with what it should have done, meta
+``goal_source: acted``). Relabeling them would teach the label under a goal the player never
+had, so every relabeler (``data.relabel=steve1`` in ``loader.py``, ``events`` in ``events.py``)
+reads their goals as stored, frame by frame, from frame 0 on, and never zeroes them: their
+labels are what the *instructed* player should do, which is not what an uninstructed one does.
 """
 
 from __future__ import annotations
@@ -21,6 +29,13 @@ from __future__ import annotations
 import numpy as np
 
 NONE_EMBED_OFFSET = 15  # frames at the start of an episode without a MineCLIP embedding
+GOAL_SOURCE_ACTED = "acted"  # meta["goal_source"] of an episode whose embeddings are the goals acted on
+
+
+def has_acted_goals(meta: dict) -> bool:
+    """True for an episode whose embeddings are the goals its player acted on, one per frame
+    (``meta["goal_source"] == "acted"``): training reads them as stored, never relabels them."""
+    return meta.get("goal_source") == GOAL_SOURCE_ACTED
 
 
 def check_goal_spacing(min_btwn_goals: int, max_btwn_goals: int) -> None:

@@ -8,13 +8,16 @@ index than the next one restarts the workers at that index.
 
 ``events``: batch ``k`` of rank ``r`` is drawn from ``rng(seed, r, k)`` by
 :class:`~aimc.data.events.EventGoalBatches` over episodes held in memory.
+
+:class:`SplitBatches` joins sources in fixed numbers of sequences per batch (``aimc online``:
+its labelled play beside the earlier data, by an exact frame share).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -130,3 +133,78 @@ def _check_goal_dim(cfg: TrainConfig, data_dim: int) -> None:
             f"the data's goal embeddings have {data_dim} dimensions but model.goal_dim is "
             f"{cfg.model.goal_dim}: set model.goal_dim={data_dim} or re-embed the data"
         )
+
+
+def split_counts(batch_size: int, shares: Sequence[float], names: Sequence[str] | None = None) -> list[int]:
+    """Sequences per part in a batch of ``batch_size``, by ``shares`` (summing to 1): rounded so
+    that they sum to ``batch_size`` (largest remainders first). A part with a positive share
+    that would get no sequence at all is an error (raise the batch size or the share)."""
+    names = list(names) if names is not None else [f"part {i}" for i in range(len(shares))]
+    if not shares or any(x < 0 for x in shares) or abs(sum(shares) - 1.0) > 1e-6:
+        raise UserError(f"the shares of a split batch must be >= 0 and sum to 1, got {list(shares)}")
+    exact = [batch_size * x for x in shares]
+    counts = [int(math.floor(e)) for e in exact]
+    for i in sorted(range(len(shares)), key=lambda i: (counts[i] - exact[i], i))[: batch_size - sum(counts)]:
+        counts[i] += 1
+    for name, x, n in zip(names, shares, counts):
+        if x > 0 and n == 0:
+            raise UserError(f"{name} has a share of {x:g} but gets no sequence of a batch of {batch_size}: "
+                            f"raise optim.batch_size (to at least {math.ceil(1 / x)}) or its share")
+    return counts
+
+
+class SplitBatches:
+    """Batches made of parts from separate sources, a fixed number of sequences each: batch
+    ``k`` is part 0's batch ``k``, then part 1's batch ``k``, ... joined along the batch axis,
+    so part i holds exactly ``n_i / B`` of the frames of every batch (a mixture by
+    ``data.weights`` draws each sequence's source at random instead).
+
+    parts: ``(name, source, n)``; each source yields batches of its ``n`` sequences (build it
+    with ``optim.batch_size = n``) and is stateless by index, so this is too.
+    """
+
+    def __init__(self, parts: Sequence[tuple[str, Any, int]]) -> None:
+        self.parts = [(str(name), src, int(n)) for name, src, n in parts if int(n) > 0]
+        if not self.parts:
+            raise UserError("a split batch needs at least one part with sequences")
+        self.batch_size = sum(n for _, _, n in self.parts)
+        self._checked = False
+
+    def batch(self, index: int) -> dict[str, Any]:
+        got = [(name, src.batch(index), n) for name, src, n in self.parts]
+        if not self._checked:
+            self._check(got)
+        return {
+            "img": torch.cat([torch.as_tensor(b["img"]) for _, b, _ in got]),
+            "goal": torch.cat([torch.as_tensor(b["goal"], dtype=torch.float32) for _, b, _ in got]),
+            "actions": {k: torch.cat([torch.as_tensor(b["actions"][k]) for _, b, _ in got]) for k in got[0][1]["actions"]},
+            "first": torch.cat([torch.as_tensor(b["first"]) for _, b, _ in got]),
+        }
+
+    def _check(self, got: list[tuple[str, dict[str, Any], int]]) -> None:
+        name0, b0, _ = got[0]
+        for name, b, n in got:
+            if tuple(b["first"].shape) != (n, b0["first"].shape[1]):
+                raise UserError(f"{name} gave {tuple(b['first'].shape)} sequences x frames, expected ({n}, "
+                                f"{b0['first'].shape[1]}): build each part with its own batch size and the same T")
+            for key in ("img", "goal"):
+                if tuple(b[key].shape[2:]) != tuple(b0[key].shape[2:]):
+                    what = "frames" if key == "img" else "goal embeddings"
+                    raise UserError(f"{name} has {what} of shape {tuple(b[key].shape[2:])} but {name0} has "
+                                    f"{tuple(b0[key].shape[2:])}; record or embed them alike")
+            if set(b["actions"]) != set(b0["actions"]):
+                raise UserError(f"{name} has action heads {sorted(b['actions'])} but {name0} has {sorted(b0['actions'])}")
+        self._checked = True
+
+    def describe(self) -> dict[str, Any]:
+        """The parts' sources with their share of the frames (``p``), for the run's README."""
+        sources, usable, first = [], 0, None
+        for name, src, n in self.parts:
+            d = src.describe() if hasattr(src, "describe") else {"sources": [], "usable_frames": 0}
+            first = first or d
+            share = n / self.batch_size
+            sources += [{**s, "p": float(s.get("p", 1.0)) * share, "part": name} for s in d.get("sources", [])]
+            usable += int(d.get("usable_frames", 0))
+        return {"sources": sources, "usable_frames": usable, "goal_dim": (first or {}).get("goal_dim"),
+                "action_keys": (first or {}).get("action_keys", []),
+                "parts": [{"name": name, "sequences": n, "share": n / self.batch_size} for name, _, n in self.parts]}
