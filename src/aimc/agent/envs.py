@@ -146,6 +146,61 @@ class CrafterExpertEnv(CrafterEvalEnv):
         return np.asarray(obs, dtype=np.uint8), crafter_measures(self.info), bool(terminated or truncated)
 
 
+LABEL_MEASURE = "label.action"  # the labelling demonstrator's action for the frame just returned
+
+
+class CrafterLabelledEnv(CrafterEvalEnv):
+    """The built-in world played by the agent and watched by the scripted demonstrator pinned to
+    ``goal``: the labeller of ``aimc online`` (DAgger), living in this env's worker process.
+
+    The agent's action is what the world executes. The demonstrator (seeded with the world
+    seed, pinned with ``Demonstrator.reset(goal)``) is asked at every state the agent reaches,
+    the reset's included, which action it would take there; that answer is the measure
+    ``label.action`` of the frame returned. Its planning state is one object kept for the whole
+    episode and advanced exactly as when it plays itself: after each of the agent's steps it
+    ``observe``s the step's info (goal age), then ``act``s once on the new state (its random
+    stream, exploration heading and drink/eat hysteresis move on). So its labels follow the
+    agent's path, not the path it would have taken itself.
+
+    goal: a demonstrator goal (``aimc.envs.demonstrator.GOALS``). demonstrator:
+    ``DemonstratorConfig`` fields (``noise`` defaults to 0: a label is the intended action).
+    """
+
+    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE}
+
+    def __init__(self, goal: str, demonstrator: dict | None = None, size: int = 64, max_steps: int = 10_000,
+                 **kwargs: Any) -> None:
+        from aimc.envs.demonstrator import GOALS, DemonstratorConfig
+
+        if goal not in GOALS:
+            raise UserError(f"crafter-labelled: goal {goal!r} is not one the demonstrator pursues; use one of {', '.join(GOALS)}")
+        opts = {"noise": 0.0, **(demonstrator or {})}
+        bad = sorted(set(opts) & {"goals", "goal_weights"})
+        if bad:
+            raise UserError(f"crafter-labelled: demonstrator.{bad[0]} is set by the pinned goal, leave it out")
+        super().__init__(size=size, max_steps=max_steps, **kwargs)
+        self.goal = goal
+        self.demo_config = DemonstratorConfig(**opts)
+        self.demo = None
+
+    def _label(self, measures: dict[str, float], info: dict) -> dict[str, float]:
+        measures[LABEL_MEASURE] = float(self.demo.act(info))
+        return measures
+
+    def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
+        from aimc.envs.demonstrator import Demonstrator
+
+        obs, info = self.env.reset(seed=int(seed))
+        self.demo = Demonstrator(self.env, self.demo_config, seed=int(seed))
+        self.demo.reset(self.goal)
+        return np.asarray(obs, dtype=np.uint8), self._label(crafter_measures(info), info)
+
+    def step(self, action: dict[str, int]) -> tuple[np.ndarray, dict[str, float], bool]:
+        obs, _reward, terminated, truncated, info = self.env.step(int(action["action"]))
+        self.demo.observe(info)
+        return np.asarray(obs, dtype=np.uint8), self._label(crafter_measures(info), info), bool(terminated or truncated)
+
+
 # ---------------------------------------------------------------------------- MineRL
 
 
@@ -250,6 +305,7 @@ class MineRLEvalEnv:
 ENVS: dict[str, Callable[..., EvalEnv]] = {
     "crafter": CrafterEvalEnv,
     "crafter-expert": CrafterExpertEnv,
+    "crafter-labelled": CrafterLabelledEnv,
     "minerl": MineRLEvalEnv,
 }
 
