@@ -383,8 +383,9 @@ def root_config_classes() -> tuple[type, ...]:
 def check_yaml_config(block: Block, tmp: Path) -> str | None:
     """A YAML block whose top-level keys are a config's fields must load as that config.
 
-    Blocks that share no key with any config (eval suites, metadata) are not configs."""
+    Blocks that share no key with any config (metadata), and evaluation suites, are not configs."""
     from aimc.config import load_config
+    from aimc.eval.suite import SuiteError, parse_suite
 
     try:
         data = yaml.safe_load(block.text)
@@ -392,6 +393,11 @@ def check_yaml_config(block: Block, tmp: Path) -> str | None:
         return f"not valid YAML: {e}"
     if not isinstance(data, dict) or not data:
         return None
+    try:
+        parse_suite(data, block.id)
+        return None  # a valid evaluation suite (its tasks/episodes/seed are no config's)
+    except SuiteError:
+        pass
     keys = {str(k) for k in data} - {"base"}
     errors: list[str] = []
     closest: tuple[int, type] | None = None

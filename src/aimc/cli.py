@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "aimc.agent.commands",
     "aimc.eval.commands",
     "aimc.tune.commands",
+    "aimc.online.commands",
     "aimc.quickstart",
 )
 

@@ -1,0 +1,346 @@
+"""``aimc online`` (DAgger-style rounds) on the built-in world with tiny models: the labeller follows
+the agent's path, a round stores exactly what was played with its labels and goals, and a killed
+run (between rounds, or SIGKILLed inside training) resumes without repeating or losing a round."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from aimc.agent.envs import LABEL_MEASURE
+from aimc.data.store import EpisodeStore
+from aimc.envs.crafter import CrafterEnv, CrafterEnvConfig
+from aimc.envs.demonstrator import Demonstrator, DemonstratorConfig
+from aimc.errors import UserError
+
+from test_agent import TINY_EMBED, make_bundle
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread; one thread also makes CPU training bit-reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------- the labeller
+
+
+def test_labeller_labels_the_states_the_agent_reached(tmp_path):
+    """Random agent actions in the labelled env (its worker process) get the labels of a demonstrator
+    pinned to the goal, driven alongside in a second env of the same world replaying the same
+    actions; those labels depend on the demonstrator's state along the path (a fresh demonstrator
+    asked at the same states answers otherwise), so the env must keep one per episode."""
+    from aimc.agent.agent import RandomAgent
+    from aimc.agent.rollout import Episode, RolloutCollector
+
+    plays = [("collect_drink", 700_001), ("eat_cow", 700_002)]
+    todo = [Episode({"name": "crafter-labelled", "goal": g, "size": 64}, s, horizon=200, tag=g) for g, s in plays]
+    starts: dict[str, dict] = {}
+    with RolloutCollector(RandomAgent({"action": 17}, seed=4), 2, lambda _s: todo.pop(0) if todo else None, workers=1,
+                          on_start=lambda s, ep, f, m: starts.__setitem__(ep.tag, m)) as col:
+        records = list(col.run())
+    for goal, seed in plays:
+        mine = [r for r in records if r.episode.tag == goal]
+        assert len(mine) >= 100 and mine[-1].last and not any(r.crash for r in mine)
+        labels = [int(starts[goal][LABEL_MEASURE])] + [int(r.measures[LABEL_MEASURE]) for r in mine[:-1]]
+        actions = [r.action["action"] for r in mine]
+        env = CrafterEnv(CrafterEnvConfig(size=64))
+        _, info = env.reset(seed=seed)
+        cfg = DemonstratorConfig(noise=0.0)
+        demo = Demonstrator(env, cfg, seed=seed)
+        demo.reset(goal)
+        reference, stateless = [], []
+        for a, r in zip(actions, mine):
+            reference.append(demo.act(info))
+            fresh = Demonstrator(env, cfg, seed=seed)
+            fresh.reset(goal)
+            stateless.append(fresh.act(info))
+            obs, _, _, _, info = env.step(a)
+            demo.observe(info)
+            assert np.array_equal(obs, r.frame)  # the same world, step by step, in both processes
+        assert labels == reference
+        assert np.mean(np.array(actions) != np.array(reference)) > 0.8  # the agent is far off the demonstrator's path
+        assert sum(x != y for x, y in zip(reference, stateless)) >= 3  # the demonstrator's state matters
+
+
+def test_labeller_binding_and_errors():
+    from aimc.eval.suite import load_suite
+    from aimc.online.labellers import Labels, check_labels, labelled_segments, make_labeller
+
+    suite = load_suite("crafter-core")
+    lab = make_labeller("crafter-demonstrator", {"demonstrator": {"reflexes": False}})
+    env = lab.bind(suite.env, suite.task("collect_stone"))
+    assert env == {"name": "crafter-labelled", "size": 64, "goal": "collect_stone", "demonstrator": {"reflexes": False}}
+    with pytest.raises(UserError, match="labels the built-in world"):
+        lab.bind({"name": "minerl"}, suite.task("collect_stone"))
+    with pytest.raises(UserError, match="unknown labeller"):
+        make_labeller("nobody")
+    with pytest.raises(UserError, match="bad labeller.options"):
+        make_labeller("crafter-demonstrator", {"colour": 1})
+    with pytest.raises(UserError, match="demonstrator"):
+        make_labeller("crafter-demonstrator", {"demonstrator": {"no_such_field": 1}})
+    assert labelled_segments(np.array([1, 1, 0, 0, 1, 0, 1, 1], bool), 8) == [(0, 2), (4, 5), (6, 8)]
+    assert labelled_segments(None, 5) == [(0, 5)]
+    from aimc.online.labellers import PlayedEpisode
+
+    ep = PlayedEpisode("t", "x", "en", 0, {}, np.zeros((3, 4, 4, 3), np.uint8), {"action": np.zeros(3, np.int64)},
+                       np.zeros((3, 2), np.float32), [{}] * 3)
+    with pytest.raises(UserError, match="outside 0..16"):
+        check_labels(Labels({"action": np.array([0, 17, 1])}), ep, {"action": 17}, "mine")
+    with pytest.raises(UserError, match="heads"):
+        check_labels(Labels({"buttons": np.zeros(3, np.int64)}), ep, {"action": 17}, "mine")
+
+
+# ---------------------------------------------------------------------------- one round's data
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny random agent (policy, MineCLIP, prior; 16-d goals, 64x64 frames, 17 actions)."""
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path, bundle):
+    from aimc.config import load_config
+    from aimc.eval.suite import load_suite
+    from aimc.online.config import OnlineConfig
+    from aimc.online.labellers import make_labeller
+    from aimc.online.rounds import collect_round, load_models, make_agent, plan_collection
+
+    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", "tasks=[collect_stone,eat_cow]",
+                                                       "collect.episodes=3", "collect.max_steps=12"])
+    suite = load_suite(cfg.suite)
+    labeller = make_labeller(cfg.labeller.name)
+    jobs = plan_collection(cfg, suite, labeller, 2)
+    assert [(j.task.id, j.seed, j.instruction) for j in jobs] == [
+        ("collect_stone", 700_003, "collect stone"), ("eat_cow", 700_004, "eat a cow"), ("collect_stone", 700_005, "mine stone")]
+    models = load_models(cfg)
+    agent = make_agent(str(bundle), models, cfg, seed=5)
+    store = EpisodeStore(tmp_path / "store", embed_dtype="float32")
+    records = []
+    rows = collect_round(agent, jobs, labeller, store, tmp_path / "r002", 2, heads=models.heads, num_envs=2, workers=0,
+                         on_record=records.append)
+    assert store.episode_ids() == sorted(j.episode_id for j in jobs)
+    assert [r["job"] for r in rows] == [j.episode_id for j in jobs]
+    for job in jobs:
+        mine = sorted((r for r in records if r.episode.tag is job), key=lambda r: r.t)
+        assert [r.t for r in mine] == list(range(len(mine))) and mine[-1].last
+        ep = store.open(job.episode_id)
+        n = ep.num_frames
+        assert n == len(mine)  # every visited step, nothing more
+        acts = ep.actions()
+        assert acts["agent_action"].tolist() == [r.action["action"] for r in mine]
+        # labels: the demonstrator's answer in each state reached; state 0 is the world's start
+        env = CrafterEnv(CrafterEnvConfig(size=64))
+        _, info = env.reset(seed=job.seed)
+        demo = Demonstrator(env, DemonstratorConfig(noise=0.0), seed=job.seed)
+        demo.reset(job.task.id)
+        assert acts["action"].tolist() == [demo.act(info)] + [int(r.measures[LABEL_MEASURE]) for r in mine[:-1]]
+        goals, valid = ep.embeddings()
+        np.testing.assert_array_equal(goals, np.stack([r.goal for r in mine]))  # the goals acted on, exactly
+        assert valid.all() and goals.shape == (n, TINY_EMBED)
+        np.testing.assert_array_equal(goals[0], agent.goal(job.instruction, job.seed))  # as aimc eval makes them
+        frames = ep.frames()
+        assert np.abs(frames[1:].astype(int) - np.stack([r.frame for r in mine[:-1]]).astype(int)).mean() < 3
+        m = ep.meta
+        assert (m["goal_source"], m["round"], m["task"], m["instruction"], m["world_seed"], m["policy_heads"]) == \
+            ("acted", 2, job.task.id, job.instruction, job.seed, ["action"])
+    lines = [json.loads(x) for x in (tmp_path / "r002" / "collected.jsonl").read_text().splitlines()]
+    assert sum(x["labelled"] for x in lines) == len(records)
+    # a second call (the round resumed after a kill) plays nothing again
+    again = collect_round(agent, jobs, labeller, store, tmp_path / "r002", 2, heads=models.heads, num_envs=2, workers=0,
+                          on_record=lambda r: pytest.fail("played again"))
+    assert again == rows
+
+
+# ---------------------------------------------------------------------------- whole runs
+
+
+def earlier_store(root: Path, n: int = 60, episodes: int = 3) -> Path:
+    """Demonstration-like data for the tiny agent: 64x64 frames, 16-d frame goals, events."""
+    store = EpisodeStore(root)
+    rng = np.random.default_rng(0)
+    for e in range(episodes):
+        emb = rng.standard_normal((n, TINY_EMBED)).astype(np.float32)
+        anns = [{"start": 10, "end": 31, "text": "collect wood", "lang": "en", "event": "collect_wood"}]
+        store.write_episode(f"demo{e}", rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
+                            {"action": rng.integers(0, 17, n)}, {"fps": 10}, annotations=anns, embeddings=emb,
+                            embed_valid=np.arange(n) >= 15)
+    return root
+
+
+RUN_ARGS = ["rounds=2", "tasks=[collect_stone]", "collect.episodes=2", "collect.max_steps=20", "collect.num_envs=2",
+            "collect.workers=0", "train.preset=crafter_fast", "train.frames_per_round=640", "validate.episodes=2",
+            "validate.max_steps=10", "validate.num_envs=2", "validate.workers=0", "agent.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """One earlier store for every run compared here (two encodes of the same frames may differ)."""
+    return earlier_store(tmp_path_factory.mktemp("demo") / "store")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, bundle, demo) -> Path:
+    """Two rounds in one go, through the command line."""
+    from aimc.cli import main
+
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert main(["online", "--init", str(bundle), "--store", str(demo), "--out", str(run), "--quiet", *RUN_ARGS]) == 0
+    return run
+
+
+def test_online_command_runs_rounds_and_writes_readme_and_exports(straight):
+    state = json.loads((straight / "online.json").read_text())
+    assert sorted(state["rounds"]) == ["1", "2"] and state["initial"]["success"]["n"] == 2
+    for r in ("1", "2"):
+        rs = state["rounds"][r]
+        assert rs["collect"]["episodes"] == 2 and rs["train"]["frames"] == 640 and rs["validate"]["success"]["n"] == 2
+    readme = (straight / "README.md").read_text()
+    assert "| 0 (start) |" in readme and "\n| 1 | 2 |" in readme and "\n| 2 | 2 |" in readme
+    assert "validation success [95 % CI]" in readme and "Best round:" in readme
+    for name in ("final.safetensors", "final.yaml", "best.safetensors", "best.yaml", "config.yaml"):
+        assert (straight / name).is_file(), name
+    final = load_file(str(straight / "final.safetensors"))
+    round2 = load_file(state["rounds"]["2"]["train"]["weights"])
+    assert all(torch.equal(final[k], round2[k]) for k in round2)
+    assert any(p.name.startswith("events.") for p in (straight / "tb").iterdir())
+    store = EpisodeStore(straight / "store")
+    ids = store.episode_ids()
+    assert ids == ["r001-w0700000-collect_stone", "r001-w0700001-collect_stone",
+                   "r002-w0700002-collect_stone", "r002-w0700003-collect_stone"]
+    # round 2 trained on both rounds' labelled steps beside the earlier data, half and half
+    notes = (straight / "rounds" / "002" / "train" / "README.md").read_text()
+    assert str(straight / "store") in notes and "share of frames 0.50" in notes
+
+
+def _assert_same_run(run: Path, straight: Path) -> None:
+    a, b = json.loads((run / "online.json").read_text()), json.loads((straight / "online.json").read_text())
+    for r in ("1", "2"):
+        for key in ("episodes", "labelled", "agreement", "success"):
+            assert a["rounds"][r]["collect"][key] == b["rounds"][r]["collect"][key], (r, key)
+        assert a["rounds"][r]["validate"]["success"] == b["rounds"][r]["validate"]["success"]
+    assert EpisodeStore(run / "store").episode_ids() == EpisodeStore(straight / "store").episode_ids()
+    for r in ("001", "002"):
+        lines = (run / "rounds" / r / "collected.jsonl").read_text().splitlines()
+        assert len(lines) == 2  # each episode played and stored once
+    x, y = load_file(str(run / "final.safetensors")), load_file(str(straight / "final.safetensors"))
+    assert all(torch.equal(x[k], y[k]) for k in y)  # nothing lost, nothing repeated: the same weights
+
+
+def _run(run: Path, store: Path, bundle: Path, phases: list | None = None, stop_at: tuple | None = None):
+    from aimc.config import load_config
+    from aimc.online.config import OnlineConfig
+    from aimc.online.rounds import run_online
+
+    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", f"stores=[{store}]", *RUN_ARGS])
+
+    def on_phase(r: int, phase: str) -> None:
+        if phases is not None:
+            phases.append((r, phase))
+        if (r, phase) == stop_at:
+            raise KeyboardInterrupt  # as Ctrl-C between two phases
+
+    return run_online(cfg, run, progress=False, on_phase=on_phase)
+
+
+def test_a_run_stopped_between_rounds_continues_with_the_next_round(tmp_path, bundle, demo, straight):
+    store = demo
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run", store, bundle, stop_at=(2, "collect"))
+    state = json.loads((tmp_path / "run" / "online.json").read_text())
+    assert state["rounds"]["1"].get("validate") and not state["rounds"].get("2")
+    phases: list = []
+    _run(tmp_path / "run", store, bundle, phases)
+    assert phases == [(2, "collect"), (2, "train"), (2, "validate")]
+    _assert_same_run(tmp_path / "run", straight)
+
+
+def _killable_child(run: str, store: str, bundle: str) -> None:
+    """The same run in a forked child, its training batches slowed so that the parent can kill it
+    inside round 2's training."""
+    from aimc.train.data import SplitBatches
+
+    torch.set_num_threads(1)
+    slow = SplitBatches.batch
+
+    def batch(self, index):
+        time.sleep(0.3)
+        return slow(self, index)
+
+    SplitBatches.batch = batch
+    _run(Path(run), Path(store), Path(bundle))
+
+
+def test_a_run_killed_inside_training_resumes_that_training(tmp_path, bundle, demo, straight):
+    store = demo
+    run = tmp_path / "run"
+    proc = mp.get_context("fork").Process(target=_killable_child, args=(str(run), str(store), str(bundle)))
+    proc.start()
+    progress = run / "rounds" / "002" / "train" / "checkpoints" / "latest" / "progress.json"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            if progress.is_file():
+                break
+            if not proc.is_alive():
+                pytest.fail(f"the run ended (exit code {proc.exitcode}) before it could be killed")
+            time.sleep(0.05)
+        else:
+            pytest.fail("round 2's training wrote no checkpoint in time")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    state = json.loads((run / "online.json").read_text())
+    assert state["rounds"]["2"].get("collect") and not state["rounds"]["2"].get("train")
+    phases: list = []
+    state = _run(run, store, bundle, phases)
+    assert phases == [(2, "train"), (2, "validate")]  # round 1 and round 2's play are not repeated
+    assert state["rounds"]["2"]["train"]["resumed"]
+    assert "## Resumed" in (run / "rounds" / "002" / "train" / "README.md").read_text()
+    _assert_same_run(run, straight)
+
+
+def test_online_errors_name_the_setting_and_the_fix(tmp_path, bundle, capsys):
+    from aimc.cli import main
+    from aimc.config import load_config
+    from aimc.errors import ConfigError
+    from aimc.online.config import OnlineConfig
+
+    with pytest.raises(ConfigError, match="validate.seed must be >= 4,000,000"):
+        load_config(OnlineConfig, "online_crafter", ["validate.seed=3000000"])
+    with pytest.raises(ConfigError, match="schedule.n_frames is set by aimc online.*train.frames_per_round"):
+        load_config(OnlineConfig, "online_crafter", ["train.overrides=[schedule.n_frames=5]"])
+    with pytest.raises(ConfigError, match="training worlds end below 1,000,000"):
+        load_config(OnlineConfig, "online_crafter", ["collect.seed=999990"])
+    out = str(tmp_path / "run")
+    cases = [
+        (["--init", str(bundle)], "no --store was given"),
+        (["--init", str(tmp_path / "nope.safetensors"), "mix.online_share=1"], "nope.safetensors"),
+        (["--init", str(bundle), "mix.online_share=1", "tasks=[fly]"], "no task 'fly'"),
+    ]
+    for extra, message in cases:
+        assert main(["online", "--out", out, "--quiet", *extra]) == 2
+        assert message in capsys.readouterr().err
+    store = earlier_store(tmp_path / "demo", episodes=1)
+    args = ["online", "--init", str(bundle), "--store", str(store), "--out", out, "--quiet", *RUN_ARGS, "rounds=1",
+            "validate.episodes=0"]
+    assert main(args) == 0
+    assert not (tmp_path / "run" / "rounds" / "000").exists()  # no validation asked: none made
+    capsys.readouterr()
+    assert main([*args, "mix.online_share=0.3"]) == 2  # another mixture in the same run: refused
+    assert "started with mix.online_share=0.5, now 0.3" in capsys.readouterr().err
+    assert main(args) == 0  # the same settings: nothing left to do
