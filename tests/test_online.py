@@ -324,6 +324,8 @@ def test_online_errors_name_the_setting_and_the_fix(tmp_path, bundle, capsys):
         load_config(OnlineConfig, "online_crafter", ["validate.seed=3000000"])
     with pytest.raises(ConfigError, match="schedule.n_frames is set by aimc online.*train.frames_per_round"):
         load_config(OnlineConfig, "online_crafter", ["train.overrides=[schedule.n_frames=5]"])
+    with pytest.raises(ConfigError, match="quote an override"):
+        load_config(OnlineConfig, "online_crafter", ["train.overrides=[checkpoint.export=[.weights]]"])
     with pytest.raises(ConfigError, match="training worlds end below 1,000,000"):
         load_config(OnlineConfig, "online_crafter", ["collect.seed=999990"])
     out = str(tmp_path / "run")
@@ -331,15 +333,18 @@ def test_online_errors_name_the_setting_and_the_fix(tmp_path, bundle, capsys):
         (["--init", str(bundle)], "no --store was given"),
         (["--init", str(tmp_path / "nope.safetensors"), "mix.online_share=1"], "nope.safetensors"),
         (["--init", str(bundle), "mix.online_share=1", "tasks=[fly]"], "no task 'fly'"),
+        (["--init", str(bundle), "mix.online_share=1", "train.overrides=[optim.lr=-1]"], "optim.lr must be > 0"),
     ]
     for extra, message in cases:
         assert main(["online", "--out", out, "--quiet", *extra]) == 2
         assert message in capsys.readouterr().err
     store = earlier_store(tmp_path / "demo", episodes=1)
     args = ["online", "--init", str(bundle), "--store", str(store), "--out", out, "--quiet", *RUN_ARGS, "rounds=1",
-            "validate.episodes=0"]
+            "validate.episodes=0", 'train.overrides=["checkpoint.export=[.weights]"]']
     assert main(args) == 0
     assert not (tmp_path / "run" / "rounds" / "000").exists()  # no validation asked: none made
+    for name in ("final.safetensors", "final.weights", "best.safetensors", "best.weights"):  # the rounds need .safetensors
+        assert (tmp_path / "run" / name).is_file(), name
     capsys.readouterr()
     assert main([*args, "mix.online_share=0.3"]) == 2  # another mixture in the same run: refused
     assert "started with mix.online_share=0.5, now 0.3" in capsys.readouterr().err

@@ -16,6 +16,7 @@ validation worlds of ``aimc online`` must lie at 4,000,000 or above.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +133,9 @@ class OnlineTrainConfig:
         _check(self.frames_per_round > 0, f"train.frames_per_round must be > 0, got {self.frames_per_round}")
         _check(0.0 <= self.warmup_fraction < 1.0, f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         for o in self.overrides:
-            _check(isinstance(o, str) and "=" in o, f"train.overrides: {o!r} must look like KEY=VALUE (e.g. optim.lr=1e-4)")
+            _check(isinstance(o, str) and re.match(r"^[A-Za-z_][\w.]*=", o.strip()) is not None,
+                   f"train.overrides: {o!r} is not KEY=VALUE (e.g. optim.lr=1e-4); quote an override whose value has "
+                   "brackets or commas: 'train.overrides=[\"checkpoint.export=[.safetensors,.weights]\"]'")
             key = o.split("=", 1)[0].strip()
             for k, knob in ROUND_KEYS.items():
                 _check(not (key == k or key.startswith(k + ".")),

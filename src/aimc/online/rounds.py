@@ -277,9 +277,12 @@ def round_train_config(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim
         stores = [*map(str, cfg.stores), online]
         weights = [(1.0 - share) * n / total for n in sizes] + [share]
     frames = cfg.train.frames_per_round
+    # the rounds reload their weights from .safetensors (+ .yaml): always export it, first
+    export = [".safetensors", *[f for f in base.checkpoint.export if f != ".safetensors"]]
     return replace(
         base,
-        name=base.name or f"online round {r}",
+        checkpoint=replace(base.checkpoint, export=export),
+        name=f"{cfg.name or 'online'} round {r} ({cfg.train.preset})",
         data=replace(base.data, stores=stores, weights=weights),
         model=replace(base.model, init=str(init), model_file="", goal_dim=goal_dim, policy={}),
         schedule=replace(base.schedule, n_frames=frames, warmup_frames=int(frames * cfg.train.warmup_fraction)),
@@ -287,18 +290,10 @@ def round_train_config(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim
     )
 
 
-_FRAMES_CACHE: dict[str, int] = {}
-
-
 def _store_frames(stores: list[str]) -> list[int]:
     from aimc.data.store import EpisodeStore
 
-    out = []
-    for s in stores:
-        if s not in _FRAMES_CACHE:
-            _FRAMES_CACHE[s] = EpisodeStore(s).total_frames()
-        out.append(_FRAMES_CACHE[s])
-    return out
+    return [EpisodeStore(s).total_frames() for s in stores]
 
 
 def _store_lengths(root: Path) -> list[int]:
@@ -632,6 +627,9 @@ def check_inputs(cfg: OnlineConfig) -> None:
                         "--model 2x.model")
     if not init.with_suffix(".yaml").is_file():
         raise UserError(f"--init {init}: its config {init.with_suffix('.yaml').name} is missing beside it (aimc saves both)")
+    from aimc.train.config import TrainConfig
+
+    load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", *cfg.train.overrides])  # a typo fails now, not after round 1's play
     if not cfg.stores and cfg.mix.online_share < 1.0:
         raise UserError(f"mix.online_share={cfg.mix.online_share:g} mixes earlier data into every round, but no --store "
                         "was given: pass the earlier data (e.g. --store runs/quickstart/store) or set mix.online_share=1")
