@@ -324,6 +324,8 @@ def test_online_errors_name_the_setting_and_the_fix(tmp_path, bundle, capsys):
         load_config(OnlineConfig, "online_crafter", ["validate.seed=3000000"])
     with pytest.raises(ConfigError, match="schedule.n_frames is set by aimc online.*train.frames_per_round"):
         load_config(OnlineConfig, "online_crafter", ["train.overrides=[schedule.n_frames=5]"])
+    with pytest.raises(ConfigError, match="threads must be >= 0"):
+        load_config(OnlineConfig, "online_crafter", ["threads=-1"])
     with pytest.raises(ConfigError, match="quote an override"):
         load_config(OnlineConfig, "online_crafter", ["train.overrides=[checkpoint.export=[.weights]]"])
     with pytest.raises(ConfigError, match="training worlds end below 1,000,000"):

@@ -188,6 +188,9 @@ class OnlineConfig:
     """Task ids of the suite to play and label (empty = all of them)."""
     seed: int = 0
     """Seed of action sampling (round r collects with seed + r) and of training."""
+    threads: int = 0
+    """torch threads of training (0 = torch's default, one per core). On a machine shared with other
+    jobs 1 is faster (docs/online.md). Acting on a CPU always uses one thread."""
     name: str = ""
     """Short name of the run (the README's title)."""
     agent: OnlineAgentConfig = field(default_factory=OnlineAgentConfig)
@@ -200,6 +203,7 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.threads >= 0, f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         last = self.collect.seed + self.rounds * self.collect.episodes - 1
         _check(last < TRAIN_WORLDS_END,
                f"collect.seed + rounds x collect.episodes reaches world {last:,}, but training worlds end below "
