@@ -216,7 +216,13 @@ def test_online_command_runs_rounds_and_writes_readme_and_exports(straight):
     final = load_file(str(straight / "final.safetensors"))
     round2 = load_file(state["rounds"]["2"]["train"]["weights"])
     assert all(torch.equal(final[k], round2[k]) for k in round2)
-    assert any(p.name.startswith("events.") for p in (straight / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(straight / "tb"))
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("online/val_success")] == [0, 1, 2]  # the start weights, then each round
+    labelled = [state["rounds"][r]["collect"]["labelled"] for r in ("1", "2")]
+    assert [(e.step, e.value) for e in tb.Scalars("online/labelled_steps_total")] == [(1, labelled[0]), (2, sum(labelled))]
     store = EpisodeStore(straight / "store")
     ids = store.episode_ids()
     assert ids == ["r001-w0700000-collect_stone", "r001-w0700001-collect_stone",
