@@ -169,7 +169,10 @@ def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path
 
 
 def earlier_store(root: Path, n: int = 60, episodes: int = 3) -> Path:
-    """Demonstration-like data for the tiny agent: 64x64 frames, 16-d frame goals, events."""
+    """Demonstration-like data for the tiny agent: 64x64 frames, 16-d frame goals, events; with
+    three episodes or more, one of them is the val split."""
+    from aimc.data.split import make_split
+
     store = EpisodeStore(root)
     rng = np.random.default_rng(0)
     for e in range(episodes):
@@ -178,6 +181,8 @@ def earlier_store(root: Path, n: int = 60, episodes: int = 3) -> Path:
         store.write_episode(f"demo{e}", rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
                             {"action": rng.integers(0, 17, n)}, {"fps": 10}, annotations=anns, embeddings=emb,
                             embed_valid=np.arange(n) >= 15)
+    if episodes >= 3:
+        make_split(store, val_frames=1, seed=0)
     return root
 
 

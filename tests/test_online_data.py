@@ -109,7 +109,10 @@ def test_split_batches_give_the_configured_share_of_every_batch(tmp_path):
     from aimc.online.rounds import EarlierData, round_sources, round_train_config
     from aimc.train.data import SplitBatches, split_counts
 
+    from aimc.data.split import make_split
+
     demo = events_store(tmp_path / "demo")
+    make_split(EpisodeStore(demo), val_frames=1, seed=0)  # one episode for the earlier data's validation
     run = tmp_path / "run"
     acted_store(run / "store")
     cfg = load_config(OnlineConfig, "online_crafter", [f"init={tmp_path / 'w.safetensors'}", f"stores=[{demo}]",
@@ -118,7 +121,9 @@ def test_split_batches_give_the_configured_share_of_every_batch(tmp_path):
     tcfg = round_train_config(cfg, run, 1, str(tmp_path / "w.safetensors"), D)
     assert tcfg.data.stores == [str(demo), str(run / "store")] and tcfg.data.weights == pytest.approx([0.75, 0.25])
     src, val = round_sources(cfg, tcfg, run, EarlierData())
-    assert isinstance(src, SplitBatches) and val is None  # the demo store has no val split
+    assert isinstance(src, SplitBatches)
+    for vb in val():  # validation: the earlier data's val split only (a measure of forgetting)
+        assert not any(_is_acted_goal_row(g) for g in vb["goal"].numpy())
     parts = src.describe()["parts"]
     assert [(p["name"], p["sequences"]) for p in parts] == [("earlier data", 6), ("labelled steps", 2)]
     uncond = 0
