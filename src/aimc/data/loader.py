@@ -282,6 +282,8 @@ class SequenceDataset(Dataset):
             goal = ep.embedding_rows(uniq)[inv]
         if self.augment.enabled:
             frames = augment_sequence(frames, rng, self.augment)
+            if img_out is not None:  # decoded in place: the batch buffer must hold the augmented frames
+                img_out.numpy()[...] = frames
         first = np.zeros(self.T, dtype=bool)
         first[0] = True
         return {
