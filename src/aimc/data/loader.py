@@ -202,6 +202,12 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return self.num_items
 
+    @property
+    def num_windows(self) -> int:
+        """Distinct T-frame windows the items are drawn from (any start >= 15 with
+        ``window="random"``, the fixed windows with ``"chunks"``), over this dataset's episodes."""
+        return int(sum(int(c[-1]) for c in self._cum if len(c)))
+
     def __getstate__(self) -> dict:
         # workers (spawned or forked) open their own episodes and memory maps
         state = dict(self.__dict__)
