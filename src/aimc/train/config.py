@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimc.config import ConfigError
+from aimc.data.loader import AugmentConfig
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FREEZE_GROUPS = ("cnn", "recurrent", "heads", "goal")
@@ -94,8 +95,10 @@ class DataConfig:
     switch_start: float = 0.0
     """``relabel=events``: chance that a sequence starts where the demonstrator picked a new
     goal, so that only the goal tells what to do next."""
-    augment: bool = False
-    """Consistent-over-time colour jitter / grayscale on training sequences."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Colour augmentation of training sequences, one random transform per sequence (the same for
+    all its frames): ``data.augment.enabled=true`` switches it on, ``data.augment.brightness`` etc.
+    set the strengths (``data.relabel=steve1`` only)."""
     num_workers: int = 4
     """Loader worker processes (0 = load in the training process)."""
 
@@ -121,6 +124,11 @@ class DataConfig:
             self.val_split.strip() != "",
             "data.val_split is empty: to train without validation set validation.enabled=false (then no val "
             "split is read); otherwise name the split to validate on, e.g. data.val_split=val",
+        )
+        _check(
+            self.relabel == "steve1" or not self.augment.enabled,
+            "data.augment.enabled=true applies to data.relabel=steve1 only (event-anchored batches are not "
+            "augmented): set data.augment.enabled=false or data.relabel=steve1",
         )
         _check(
             self.relabel == "events" or not (self.switch_start or self.standardize),
@@ -413,6 +421,15 @@ class TrainConfig:
                 text += (f". For this run ({how} = {fps:,} frames per optimizer step) {old}={value} is "
                          f"{new}={value * fps}")
             problems.append(text)
+        data = raw.get("data")
+        if isinstance(data, dict) and "augment" in data and not isinstance(data["augment"], dict):
+            value = data["augment"]
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            problems.append(
+                f"data.augment={shown}: data.augment is a section now: write data.augment.enabled="
+                f"{shown if isinstance(value, bool) else 'true'} (strengths: data.augment.brightness, "
+                "data.augment.contrast, data.augment.saturation, data.augment.hue, data.augment.grayscale_p)"
+            )
         if problems:
             body = problems[0] if len(problems) == 1 else "\n  - " + "\n  - ".join(problems)
             raise ConfigError(f"{source}: {body}")

@@ -101,8 +101,10 @@ def _readme_start(cfg: TrainConfig) -> str:
         "",
         f"- stores: {mixture}; split `{d.split}`, validation "
         + (f"`{d.val_split}`" if cfg.validation.enabled else "off (validation.enabled=false)"),
-        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, "
-        f"augmentation {'on' if d.augment else 'off'}",
+        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, augmentation "
+        + (f"on (brightness {d.augment.brightness:g}, contrast {d.augment.contrast:g}, saturation "
+           f"{d.augment.saturation:g}, hue {d.augment.hue:g}, grayscale_p {d.augment.grayscale_p:g})"
+           if d.augment.enabled else "off"),
         "",
         "## Optimisation",
         "",
