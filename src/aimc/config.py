@@ -261,13 +261,25 @@ def to_dict(cfg: Any) -> dict:
 
 
 def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls`` <- preset YAML (if any) <- dotted overrides."""
+    """Defaults of ``cls`` <- preset YAML (if any) <- dotted overrides.
+
+    A config class may refuse keys of its earlier versions with a classmethod
+    ``refuse_retired_keys(raw, resolved, source)``: it is given the preset file's keys (source: the
+    file) and the overrides' keys (source: "the overrides"), each with the whole resolved dict, and
+    raises :class:`ConfigError` naming the new key."""
     data: dict = {}
+    path = None
     if preset is not None:
-        data = _read_yaml(preset_path(preset))
-    data = _deep_merge(data, parse_overrides(overrides))
-    base = to_dict(cls())
-    return from_dict(cls, _merge_typed(cls, base, data))
+        path = preset_path(preset)
+        data = _read_yaml(path)
+    over = parse_overrides(overrides)
+    resolved = _merge_typed(cls, to_dict(cls()), _deep_merge(data, over))
+    refuse = getattr(cls, "refuse_retired_keys", None)
+    if refuse is not None:
+        if path is not None:
+            refuse(data, resolved, str(path))
+        refuse(over, resolved, "the overrides (KEY=VALUE)")
+    return from_dict(cls, resolved)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

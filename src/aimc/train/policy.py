@@ -12,7 +12,8 @@ step (:func:`optimizer_step` over :class:`SequenceChunks`) is:
         loss = mean over (B, trunc_t) of -log p(expert action | frames, goal)
         backward(loss / grad_accum)   (DDP all-reduces only on the last micro-step)
     unscale (fp16), gradient norm, stop if the loss is not finite, clip, AdamW step
-then the loop logs, validates, checkpoints.
+then the loop logs, validates, checkpoints: each after the step whose frames cross a multiple of
+its interval (``logging.every_frames``, ``validation.*_frames``, ``checkpoint.*_frames``).
 
 Batches come from a source that is stateless by index (batch ``k`` of rank ``r`` is
 always the same), so a run resumes exactly from ``(step, micro-step, carried state,
@@ -35,7 +36,7 @@ from torch import nn
 from aimc.errors import UserError
 from aimc.train import checkpoint as ckpt
 from aimc.train import distributed as D
-from aimc.train.config import TrainConfig
+from aimc.train.config import TrainConfig, crossed
 from aimc.train.lora import apply_lora, has_lora, merge_lora
 from aimc.train.optim import (
     freeze_groups,
@@ -156,8 +157,11 @@ def validate(policy: nn.Module, batches: Iterable[dict[str, Any]], cfg: TrainCon
             total += loss
             n += 1
     policy.train(was_training)
-    mean = total / max(n, 1)
-    return float(D.mean_across(mean, info))
+    if n == 0:  # a loss of 0 would look like a perfect model and fix "best" at once
+        raise UserError("validation got no batch: the validation split holds fewer sequences than "
+                        f"optim.batch_size={cfg.optim.batch_size}; add episodes to data.val_split "
+                        f"({cfg.data.val_split!r}) or set validation.enabled=false")
+    return float(D.mean_across(total / n, info))
 
 
 # ----------------------------------------------------------------------------------
@@ -498,7 +502,10 @@ def train_policy(
     """Train (or resume) a run in ``run_dir``; returns what it made (:class:`TrainResult`).
 
     ``policy`` / ``train_data`` / ``val_data`` default to what ``cfg`` describes; passing
-    them lets benchmarks and tests feed their own model or synthetic batches.
+    them lets benchmarks and tests feed their own model or synthetic batches. With
+    ``validation.enabled`` (the default) validation batches are required: a missing or too small
+    val split, or ``train_data`` given without ``val_data``, stops the run before it starts;
+    ``validation.enabled=false`` trains without (``val_data`` is then not used).
     ``on_validation(Validation)`` is called after every validation (also the final one); it may
     raise :class:`StopTraining` to end the run early with its outputs written.
     """
@@ -516,6 +523,13 @@ def train_policy(
         D.barrier(info)
         if not skip_preflight:
             preflight.check_static(cfg, run_dir, resume=resume, need_data=train_data is None)
+        if train_data is None:  # the splits are checked here: a missing or too small one stops the run now
+            train_data, val_data = make_sources(cfg, info.rank, info.world_size)
+        if not cfg.validation.enabled:
+            val_data = None
+        elif val_data is None:
+            raise UserError("validation.enabled is true but no validation batches were given (train_policy(..., "
+                            "val_data=...)): pass them, or set validation.enabled=false to train without validation")
         if info.is_main:
             rundir.prepare(run_dir, cfg, resume=resume)
         D.barrier(info)
@@ -526,8 +540,6 @@ def train_policy(
             policy = preflight.friendly_build(cfg, build_policy)
         learner, changes = setup_learner(cfg, policy, info, device,
                                          check_memory=not skip_preflight and not cfg.runtime.skip_preflight_memory)
-        if train_data is None:
-            train_data, val_data = make_sources(cfg, info.rank, info.world_size)
         if info.is_main and not resume and hasattr(train_data, "describe"):
             rundir.note_data(run_dir, train_data.describe(), val_data is not None)
         progress, carried = restore(learner, cfg, ckpt_dir / "latest" if resume else None)
@@ -539,6 +551,12 @@ def train_policy(
                  + (f", {len(changes['frozen'])} frozen tensors" if changes["frozen"] else "")
                  + (f", LoRA on {len(changes['lora'])} layers" if changes["lora"] else "")
                  + f"; {info.world_size} process(es) on {device}, {learner.precision}")
+        frames_per_step = cfg.frames_per_step(info.world_size)
+        for key, interval in cfg.intervals().items():
+            if 0 < interval < frames_per_step and key != "logging.every_frames":
+                log.warn(f"{key}={interval:,} is less than one optimizer step ({frames_per_step:,} frames): it is due "
+                         f"after every step. Intervals count frames, not steps ({interval} steps would be "
+                         f"{key}={interval * frames_per_step})")
 
         def save_latest(state_to_carry: Any) -> None:
             if info.is_main:
@@ -561,7 +579,6 @@ def train_policy(
 
         stream = SequenceChunks(train_data, policy, cfg.optim.trunc_t, cfg.chunks_per_sequence, device,
                                 micro=progress.micro, carried=carried)
-        frames_per_step = cfg.frames_per_step(info.world_size)
         policy.train()
         session_start = time.perf_counter() - progress.wall_seconds
         t_log, frames_log = time.perf_counter(), progress.frames
@@ -571,6 +588,7 @@ def train_policy(
         limit = cfg.schedule.max_seconds
         t_session = time.perf_counter()
         stopped = False
+        validated_at = -1  # the step of the last validation
         while progress.frames < cfg.schedule.n_frames and not stopped:
             if limit and D.any_across(time.perf_counter() - t_session >= limit, info, device):
                 log.note(f"schedule.max_seconds={limit:g} reached at {progress.frames:,} of {cfg.schedule.n_frames:,} frames")
@@ -588,6 +606,7 @@ def train_policy(
                     "Try a lower optim.lr, runtime.precision=fp32 (or bf16 instead of fp16), "
                     "a smaller optim.max_grad_norm, and check the data (aimc data check)."
                 ) from None
+            before = progress.frames  # intervals are due when a step's frames cross a multiple of them
             progress.step += 1
             progress.frames += frames_per_step
             progress.micro = stream.micro
@@ -596,7 +615,7 @@ def train_policy(
             progress.wall_seconds = time.perf_counter() - session_start
 
             # logging (host syncs only here)
-            if progress.step % cfg.logging.every == 0 or progress.frames >= cfg.schedule.n_frames:
+            if crossed(before, progress.frames, cfg.logging.every_frames) or progress.frames >= cfg.schedule.n_frames:
                 g = float(stats.grad_norm)
                 if g > cfg.optim.warn_grad_norm:
                     log.warn(f"gradient norm {g:.1f} at step {progress.step} (healthy: 0.5-5); "
@@ -617,20 +636,22 @@ def train_policy(
             log.progress(progress)
 
             # validation and best weights
-            if val_data is not None and cfg.validation.due(progress.step):
+            if val_data is not None and cfg.validation.due(before, progress.frames):
                 stopped = validation()
+                validated_at = progress.step
 
-            # checkpoints (resumable latest; weights snapshots every N frames)
-            if cfg.checkpoint.every and progress.step % cfg.checkpoint.every == 0:
-                save_latest(stream.carried)
-            if cfg.checkpoint.snapshot_every_frames and progress.frames >= progress.next_snapshot_frames:
+            # checkpoints (resumable latest; weights snapshots), by frames
+            snap = cfg.checkpoint.snapshot_every_frames
+            if crossed(before, progress.frames, snap):
                 if info.is_main:
                     with atomic_dir(ckpt_dir / f"snapshot_{progress.frames}") as tmp:
                         export_weights(policy, tmp / "policy", cfg.checkpoint.export)
-                progress.next_snapshot_frames += cfg.checkpoint.snapshot_every_frames
+                progress.next_snapshot_frames = (progress.frames // snap + 1) * snap
+            if crossed(before, progress.frames, cfg.checkpoint.every_frames):
+                save_latest(stream.carried)
 
         # 4. the end: final validation, latest checkpoint, exported weights
-        if val_data is not None and not stopped and not cfg.validation.due(progress.step):
+        if val_data is not None and not stopped and validated_at != progress.step:
             stopped = validation()
         save_latest(stream.carried)
         formats = cfg.checkpoint.export

@@ -99,9 +99,12 @@ def _readme_start(cfg: TrainConfig) -> str:
         "",
         "## Data",
         "",
-        f"- stores: {mixture}; split `{d.split}`, validation `{d.val_split or 'none'}`",
-        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, "
-        f"augmentation {'on' if d.augment else 'off'}",
+        f"- stores: {mixture}; split `{d.split}`, validation "
+        + (f"`{d.val_split}`" if cfg.validation.enabled else "off (validation.enabled=false)"),
+        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, augmentation "
+        + (f"on (brightness {d.augment.brightness:g}, contrast {d.augment.contrast:g}, saturation "
+           f"{d.augment.saturation:g}, hue {d.augment.hue:g}, grayscale_p {d.augment.grayscale_p:g})"
+           if d.augment.enabled else "off"),
         "",
         "## Optimisation",
         "",
@@ -131,7 +134,7 @@ def note_data(run_dir: Path, described: dict[str, Any], has_val: bool) -> None:
                      f"share of frames {src['p']:.2f}")
     lines.append(f"- {described.get('usable_frames', 0):,} usable frames, goal dim {described.get('goal_dim')}, "
                  f"action heads {', '.join(described.get('action_keys', []))}")
-    lines.append(f"- validation: {'yes' if has_val else 'none (no val split: run `aimc data split`)'}")
+    lines.append(f"- validation: {'yes' if has_val else 'off (validation.enabled=false)'}")
     _append(run_dir, "\n".join(lines) + "\n")
 
 

@@ -201,7 +201,7 @@ def training_objective(space: SearchSpace, settings: TuneSettings, log: Callable
         if space.objective == "val_loss":
             if not math.isfinite(result.best_val_loss):
                 raise UserError("objective val_loss needs validation: give the stores a val split (aimc data split) "
-                                "and keep validation on")
+                                "and keep validation on (validation.enabled=true)")
             value = result.best_val_loss
         else:
             value = evaluate_weights(space, result.weights, run_dir / "eval")
