@@ -24,6 +24,7 @@ QUERY = "find the red flower"
 MATCH = ("e1", 40)  # (episode, row): stored embedding = the query's embedding
 NEAR = ("e1", 45)  # close to the query too, but within 16 frames of MATCH
 ANTI = ("e0", 50)  # minus the query's embedding: the worst window
+GOAL = ("e0", 30)  # the tiny prior's mean goal for the query
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,19 @@ def model():
     return tiny_mineclip()
 
 
+def tiny_prior():
+    from aimc.models.prior import PriorConfig, PriorCVAE
+
+    torch.manual_seed(5)
+    return PriorCVAE(PriorConfig(input_dim=D, hidden_dim=32, latent_dim=8)).eval()
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, model):
     root = tmp_path_factory.mktemp("search")
     q = embed_texts(model, [QUERY])[0]
+    with torch.no_grad():
+        goal = tiny_prior()(torch.from_numpy(q[None]), deterministic=True)[0].numpy()
     rng = np.random.default_rng(1)
 
     def embeddings(eid: str, n: int) -> np.ndarray:
@@ -45,6 +55,7 @@ def setup(tmp_path_factory, model):
             emb[INVALID_ROW] = q  # marked invalid: never a hit
         if eid == ANTI[0]:
             emb[ANTI[1]] = -q
+            emb[GOAL[1]] = goal
         return emb
 
     store = make_store(root / "store", model, embeddings=embeddings)
@@ -124,6 +135,25 @@ def test_cli_page_hits_and_annotations_round_trip_into_prior_pairs(setup, model,
             np.testing.assert_allclose(f["text_embeddings"][0], model.encode_text(["pick the red flower"])[0].numpy(), atol=1e-6)
 
 
+def test_with_a_prior_the_windows_nearest_its_goal_rank_first(setup, tmp_path, capsys):
+    from aimc.checkpoints.prior import save_prior
+    from aimc.models.prior import PriorConfig, PriorCVAE
+
+    _, store, weights = setup
+    prior = save_prior(tiny_prior(), tmp_path / "prior.safetensors")
+    assert main(["mineclip", "search", str(store.root), QUERY, "--mineclip", str(weights), "--prior", str(prior),
+                 "--top", "3", "--out", str(tmp_path / "h"), "--quiet"]) == 0
+    hits = json.loads((tmp_path / "h" / "hits.json").read_text())
+    assert (hits["hits"][0]["episode"], hits["hits"][0]["end"] - 1) == GOAL and hits["hits"][0]["score"] == pytest.approx(1, abs=1e-5)
+    assert "prior's mean goal" in hits["score"] and "prior's mean goal" in (tmp_path / "h" / "index.html").read_text()
+    capsys.readouterr()
+    other = save_prior(PriorCVAE(PriorConfig(input_dim=8, hidden_dim=16, latent_dim=4)), tmp_path / "p8.safetensors")
+    assert main(["mineclip", "search", str(store.root), QUERY, "--mineclip", str(weights), "--prior", str(other),
+                 "--out", str(tmp_path / "h2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {other}: a prior for embeddings of size 8") and "makes size 16" in err
+
+
 def test_the_label_defaults_to_the_query(setup, tmp_path):
     _, store, weights = setup
     assert main(["mineclip", "search", str(store.root), QUERY, "--mineclip", str(weights), "--top", "1",
@@ -166,10 +196,12 @@ from test_wrong_files import KINDS, _bad  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_wrong_embedder_file_is_one_clear_error(setup, tmp_path, capsys, kind):
-    _, store, _ = setup
-    bad = _bad(tmp_path, "attn.pth", kind)
-    rc = main(["mineclip", "search", str(store.root), QUERY, "--mineclip", str(bad), "--out", str(tmp_path / "h")])
+@pytest.mark.parametrize("flag", ["--mineclip", "--prior"])
+def test_a_wrong_embedder_or_prior_file_is_one_clear_error(setup, tmp_path, capsys, kind, flag):
+    _, store, weights = setup
+    bad = _bad(tmp_path, "attn.pth" if flag == "--mineclip" else "prior.safetensors", kind)
+    files = ["--mineclip", str(bad)] if flag == "--mineclip" else ["--mineclip", str(weights), "--prior", str(bad)]
+    rc = main(["mineclip", "search", str(store.root), QUERY, *files, "--out", str(tmp_path / "h")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err and str(bad) in err, err
     assert len(err.strip().splitlines()) == 1

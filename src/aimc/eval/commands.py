@@ -72,8 +72,13 @@ def _search(args: argparse.Namespace) -> int:
     if args.label is not None and not args.label.strip():
         raise UserError("--label is empty; leave it out to label the hits with the search text")
     model = load_mineclip(args.mineclip)
+    prior = None
+    if args.prior:
+        from aimc.checkpoints.prior import load_prior
+
+        prior = load_prior(args.prior)
     result = search_store(args.store, model, args.text, top=args.top, min_gap=args.min_gap, label=args.label,
-                          embedder_name=args.mineclip, progress=not args.quiet)
+                          embedder_name=args.mineclip, progress=not args.quiet, prior=prior, prior_name=args.prior)
     paths = write_search(result, args.store, args.out, args.mineclip, args.min_gap)
     print(f"{len(result.hits)} hits among {result.windows:,} windows of {result.episodes:,} episodes"
           + (f" ({result.unembedded} episodes without goal embeddings not searched)" if result.unembedded else ""))
@@ -121,4 +126,6 @@ def register(cli) -> None:
     s.add_argument("--out", required=True, help="folder for index.html, annotations.csv and hits.json")
     s.add_argument("--label", default=None, help="text written into annotations.csv (default: the search text)")
     s.add_argument("--min-gap", type=int, default=16, help="frames between two hits of one episode, at least (default 16)")
+    s.add_argument("--prior", default=None,
+                   help="rank against this prior's goal for the text (z = 0) instead: what an agent is asked for")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,6 +7,10 @@ store was embedded with: checked as ``aimc prior pairs`` checks it). Non-maximum
 the hits distinct: no two hits of one episode end fewer than ``min_gap`` frames apart (default 16,
 so their windows never overlap).
 
+With a prior (``--prior``), the text's embedding is first mapped through it (z = 0, the prior's
+mean goal): the hits are then the gameplay closest to the goal an agent is given for that text,
+which shows whether the prior has learned a phrase.
+
 Writes into ``out``:
 
 * ``index.html``: each hit's 16 frames as a thumbnail strip, its episode, frames and score, and
@@ -60,6 +64,7 @@ class SearchResult:
     unembedded: int  # episodes without goal embeddings (not searched)
     embedder_check: str
     score_quantiles: dict[str, float]  # "50", "90", "99", "99.9" -> score
+    via_prior: bool = False  # ranked against the prior's goal for the text, not the text embedding
 
 
 def nms_rows(scores: np.ndarray, rows: np.ndarray, k: int, min_gap: int) -> list[int]:
@@ -92,8 +97,11 @@ def search_store(
     embedder_name: str = "the embedder",
     progress: bool = True,
     chunk: int = 65536,
+    prior=None,
+    prior_name: str = "the prior",
 ) -> SearchResult:
-    """Rank every valid 16-frame window of ``store`` by cosine similarity to ``query``."""
+    """Rank every valid 16-frame window of ``store`` by cosine similarity to ``query`` (or, with
+    ``prior``, to the prior's mean goal for ``query``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if not query.strip():
@@ -114,6 +122,14 @@ def search_store(
     check, _ = check_embedder(store, embedded, mineclip, embedder_name)
 
     t = embed_texts(mineclip, [query])[0]  # (D,)
+    if prior is not None:
+        import torch
+
+        if int(prior.cfg.input_dim) != len(t):
+            raise UserError(f"{prior_name}: a prior for embeddings of size {prior.cfg.input_dim}, but {embedder_name} "
+                            f"makes size {len(t)}; pass the prior trained on this embedder's pairs")
+        with torch.no_grad():
+            t = prior(torch.from_numpy(t[None]), deterministic=True)[0].float().numpy()  # (D,) the mean goal
     t = t / max(float(np.linalg.norm(t)), 1e-12)
     best: list[tuple[float, str, int]] = []  # min-heap of (score, episode, row), the global top k
     hist = np.zeros(HIST_BINS, np.int64)
@@ -152,7 +168,8 @@ def search_store(
             for i, (score, eid, row) in enumerate(sorted(best, key=lambda x: (-x[0], x[1], x[2])))]
     return SearchResult(query=query, label=label if label else query, hits=hits, windows=windows,
                         episodes=len(embedded), unembedded=len(ids) - len(embedded), embedder_check=check,
-                        score_quantiles={k: round(quantile(float(k) / 100), 4) for k in ("50", "90", "99", "99.9")})
+                        score_quantiles={k: round(quantile(float(k) / 100), 4) for k in ("50", "90", "99", "99.9")},
+                        via_prior=prior is not None)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -195,7 +212,7 @@ def search_page(result: SearchResult, store: EpisodeStore, store_name: str, embe
         f"<p>Store <code>{escape(store_name)}</code> ({result.episodes:,} embedded episodes, {result.windows:,} windows"
         + (f"; {result.unembedded:,} episodes without goal embeddings not searched" if result.unembedded else "")
         + f"), embedder <code>{escape(embedder_name)}</code>. Score: cosine similarity of a window's goal embedding "
-        f"(frames t-15..t) and the text's embedding; hits of one episode are at least {min_gap} frames apart. "
+        f"(frames t-15..t) and {_target(result)}; hits of one episode are at least {min_gap} frames apart. "
         f"Scores over all windows: median {q['50']:.3f}, 90th percentile {q['90']:.3f}, 99th {q['99']:.3f}, "
         f"99.9th {q['99.9']:.3f}; \"top %\" is the share of all windows that score as high as a hit.</p>",
         f"<p>Label in <code>annotations.csv</code>: <b>{escape(result.label)}</b>. Look at each hit; delete the rows "
@@ -215,6 +232,10 @@ def search_page(result: SearchResult, store: EpisodeStore, store_name: str, embe
     return html_page(f"aimc mineclip search: {result.query}", parts)
 
 
+def _target(result: SearchResult) -> str:
+    return "the prior's mean goal for the text (z = 0)" if result.via_prior else "the text's embedding"
+
+
 def write_search(result: SearchResult, store: EpisodeStore | str | Path, out: str | Path, embedder_name: str,
                  min_gap: int) -> dict[str, Path]:
     """Write index.html, annotations.csv and hits.json into ``out`` (each atomically)."""
@@ -225,7 +246,8 @@ def write_search(result: SearchResult, store: EpisodeStore | str | Path, out: st
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "index.html", "csv": out / "annotations.csv", "json": out / "hits.json"}
     info = {"query": result.query, "label": result.label, "store": str(store.root), "embedder": embedder_name,
-            "embedder_check": result.embedder_check, "score": "cosine(goal embedding of frames end-16..end-1, text embedding)",
+            "embedder_check": result.embedder_check,
+            "score": f"cosine(goal embedding of frames end-16..end-1, {_target(result)})",
             "min_gap": min_gap, "windows": result.windows, "episodes": result.episodes,
             "score_quantiles": result.score_quantiles, "hits": [asdict(h) for h in result.hits]}
     atomic_write_text(paths["json"], json.dumps(info, indent=1, ensure_ascii=False) + "\n")
