@@ -300,3 +300,29 @@ def test_wrong_file_is_one_clear_error(setup, tmp_path, capsys, what, kind):
     assert rc == 2, err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert str(bad) in err, err
+
+
+def test_jsonl_text_may_hold_a_line_separator(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps({"episode": "e0", "start": 0, "end": 20, "text": "a\u2028b"}, ensure_ascii=False) + "\n",
+                 encoding="utf-8")
+    assert [r.text for r in read_annotations(p)] == ["a\u2028b"]
+
+
+def test_out_must_be_an_npz_file_name(setup, tmp_path, capsys):
+    _, store, weights = setup
+    (tmp_path / "d.npz").mkdir()
+    for out, message in ((tmp_path / "p.txt", "must end in .npz"), (tmp_path / "d.npz", "is a folder")):
+        assert main(["prior", "pairs", str(store.root), "--mineclip", str(weights), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_gbk_files_and_other_suffixes_are_refused_with_the_fix(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_bytes("episode,start,end,text\ne0,0,20,砍树\n".encode("gbk"))
+    with pytest.raises(UserError, match=rf"{p}: not UTF-8 text .*CSV UTF-8"):
+        read_annotations(p)
+    q = tmp_path / "a.txt"
+    q.write_text("episode,start,end,text\ne0,0,20,x\n")
+    with pytest.raises(UserError, match=rf"{q}: annotation files are .csv .* or .jsonl"):
+        read_annotations(q)

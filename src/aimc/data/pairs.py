@@ -133,7 +133,7 @@ def _read_csv(path: Path, text: str) -> list[Annotation]:
 
 def _read_jsonl(path: Path, text: str) -> list[Annotation]:
     out = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue
         where = f"{path}:{i}"
@@ -327,6 +327,9 @@ def build_pairs(
             skipped[problem[0]] += 1
             continue
         emb, _ = ep.embeddings()  # type: ignore[misc]
+        if emb.shape[1] != D:
+            raise UserError(f"{ep.path / 'embeddings.npy'}: goal embeddings of size {emb.shape[1]}, but {embedder_name} "
+                            f"makes size {D}: pass the MineCLIP the store was embedded with")
         visual.append(np.asarray(emb[window_row(a.end)], np.float32))
         keep.append((a, src))
     if not keep:
@@ -375,6 +378,8 @@ def save_pairs(pairs: PairSet, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise UserError(f"{path}: the pairs file must end in .npz")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name ending in .npz")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a temporary name
             np.savez(f, text_embeddings=pairs.text_embeddings.astype(np.float32),

@@ -40,6 +40,8 @@ def _prior_pairs(args: argparse.Namespace) -> int:
         raise UserError("nothing to pair: --no-store-annotations leaves out the store's annotations, so give --annotations FILE")
     if Path(args.out).suffix != ".npz":
         raise UserError(f"--out {args.out}: the pairs file must end in .npz")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give a file name ending in .npz")
     rows = read_annotations(args.annotations) if args.annotations else []
     mineclip = load_mineclip(args.mineclip)
     pairs = build_pairs(args.store, mineclip, rows, use_store_annotations=not args.no_store_annotations,
