@@ -306,9 +306,8 @@ def build_pairs(
     if use_store_annotations:
         rows += [(a, "store") for a in store_annotations(store, ids)]
     if not rows:
-        raise UserError(f"{store.root}: no annotations to pair: the store's episodes have none"
-                        + ("" if use_store_annotations else " in use (store annotations were left out)")
-                        + "; give an annotation file (--annotations FILE)")
+        why = "its episodes have no annotations.json" if use_store_annotations else "the store's annotations were left out"
+        raise UserError(f"{store.root}: no annotations to pair ({why}); give an annotation file (--annotations FILE)")
 
     used = sorted({a.episode for a, _ in rows})
     check, fingerprint = check_embedder(store, used, mineclip, embedder_name)
@@ -334,8 +333,9 @@ def build_pairs(
         keep.append((a, src))
     if not keep:
         reasons = "; ".join(f"{n} {r}" for r, n in skipped.items())
-        raise UserError(f"{store.root}: none of the {len(rows)} annotations gives a pair ({reasons}); "
-                        f"embed the store first (aimc data embed {store.root} --mineclip ...)")
+        fix = (f"embed the store first (aimc data embed {store.root} --mineclip ...)" if "episode not embedded" in skipped
+               else "give an annotation file with windows that end at frame 16 or later (--annotations FILE)")
+        raise UserError(f"{store.root}: none of the {len(rows)} annotations gives a pair ({reasons}); {fix}")
     texts = [a.text for a, _ in keep]
     return PairSet(
         text_embeddings=embed_texts(mineclip, texts),

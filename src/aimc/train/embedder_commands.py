@@ -86,7 +86,8 @@ def register(cli) -> None:
                     run=_prior_pairs)
     p.add_argument("store", help="episode store with goal embeddings (aimc data embed)")
     p.add_argument("--annotations", default=None,
-                   help="CSV (header episode,start,end,text[,lang]) or JSONL with the same keys; each row gives one pair")
+                   help="CSV (header episode,start,end,text[,lang]) or JSONL with the same keys; each row [start, end) "
+                        "gives one pair, from the window of frames end-16..end-1")
     p.add_argument("--mineclip", required=True, help="the MineCLIP the store was embedded with (attn.pth or .safetensors)")
     p.add_argument("--out", required=True, help="pairs file to write (.npz), for aimc prior train --data")
     p.add_argument("--no-store-annotations", action="store_true",
