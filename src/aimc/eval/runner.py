@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -222,13 +223,15 @@ def run_suite(
     video_scale: int = 4,
     max_retries: int = 2,
     progress: bool = True,
+    video_jobs: Callable[[Job], bool] | None = None,
 ) -> Path:
     """Play every job of ``suite`` not yet in ``out_dir/results.jsonl``; returns that path.
 
     num_envs: episodes played at once (the policy's batch). workers: env processes (0 = in this
     process). videos: record the first ``videos`` episodes of every condition. max_retries: an
     episode whose env crashed is replayed from its start this many times, then recorded with
-    ``error``. Summaries are written by :func:`aimc.eval.metrics.write_summary`.
+    ``error``. video_jobs: which episodes to record instead (e.g. one sample episode).
+    Summaries are written by :func:`aimc.eval.report.write_summary`.
     """
     check_measures(suite)
     out_dir = Path(out_dir)
@@ -280,7 +283,7 @@ def run_suite(
         slot = slots[s]
         for tr in slot.trackers.values():
             tr.update(0, measures)
-        if videos and slot.job.episode < videos:
+        if video_jobs(slot.job) if video_jobs is not None else (videos and slot.job.episode < videos):
             from aimc.agent.video import VideoWriter
 
             slot.video = VideoWriter(out_dir / "videos" / _video_name(slot.job), scale=video_scale)
