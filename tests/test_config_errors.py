@@ -33,6 +33,7 @@ BAD = [
     ("aimc.train.config", "CheckpointConfig", {"every": -1}, "checkpoint"),
     ("aimc.train.config", "LoggingConfig", {"every": 0}, "logging.every"),
     ("aimc.train.config", "RuntimeConfig", {"precision": "fp8"}, "runtime.precision"),
+    ("aimc.train.config", "EvalConfig", {"num_envs": 0}, "eval.num_envs"),
     ("aimc.train.config", "TrainConfig", {"__build__": "trunc_t"}, "optim.trunc_t"),
     ("aimc.data.loader", "AugmentConfig", {"hue": 0.9}, "augment.hue"),
     ("aimc.data.store", "VideoSettings", {"chunk_frames": 0}, "video.chunk_frames"),
