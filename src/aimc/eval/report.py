@@ -33,7 +33,7 @@ from typing import Any
 
 from aimc.errors import UserError
 from aimc.eval.metrics import difference, rate
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_text, make_dir
 
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -790,10 +790,7 @@ def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | Non
             r.name = f"{r.name} ({seen[r.name]})"
         else:
             seen[r.name] = 1
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: is a file; give a folder for report.html and report.md")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(out_dir, "folder for report.html and report.md (--out)")
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
     if kinds[0] == "train":
         atomic_write_text(html_path, compare_train_html(runs))

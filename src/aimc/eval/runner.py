@@ -39,7 +39,7 @@ import yaml
 from aimc.agent.rollout import Crash, Episode, RolloutCollector, StepRecord
 from aimc.errors import UserError
 from aimc.eval.suite import UNCONDITIONED, Suite, SuccessTracker
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_text, make_dir
 
 
 class EvalAgent(Protocol):
@@ -197,7 +197,13 @@ def _open_meta(out_dir: Path, suite: Suite, agent_desc: dict, settings: dict) ->
     meta_path = out_dir / "meta.json"
     fp = suite_fingerprint(suite)
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{meta_path}: not readable (a copy cut short?), so the results beside it cannot be "
+                            "trusted to be of this suite and model; pick a new --out folder or delete this one")
         if old.get("suite_fingerprint") != fp or old.get("agent") != agent_desc:
             raise UserError(
                 f"{out_dir} holds results of a different suite or model "
@@ -235,7 +241,7 @@ def run_suite(
     """
     check_measures(suite)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "evaluation's output folder (--out)")
     settings = {"episodes": episodes or suite.episodes, "num_envs": num_envs, "workers": workers}
     _open_meta(out_dir, suite, agent.describe(), settings)
     results_path = out_dir / "results.jsonl"

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aimc.config import load_config, save_config, to_dict
+from aimc.config import ConfigError, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.train.checkpoint import Progress
 from aimc.train.config import TrainConfig
@@ -56,7 +56,13 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise UserError(f"{run_dir}: not a training run directory ({CONFIG_NAME} missing)")
-    return load_config(TrainConfig, path, overrides)
+    try:
+        return load_config(TrainConfig, path, overrides)
+    except ConfigError as e:
+        if str(path) in str(e):
+            raise
+        raise ConfigError(f"{path}: {e} (the run's saved config, or an override given with --resume; "
+                          "a config.yaml cut short by a copy can be restored from a backup)") from None
 
 
 def prepare(run_dir: Path, cfg: TrainConfig, *, resume: bool) -> None:
