@@ -161,3 +161,23 @@ def test_out_that_is_a_file_is_refused(runs, tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--out", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(f) in err and "is a file" in err
+
+
+def test_prior_runs_compare_with_each_other_but_not_with_policy_runs(runs, tmp_path, capsys):
+    _, a, _ = runs
+    pairs = tmp_path / "pairs.npz"
+    rng = np.random.default_rng(0)
+    np.savez(pairs, text_embeddings=rng.normal(size=(64, 8)).astype(np.float32),
+             visual_embeddings=rng.normal(size=(64, 8)).astype(np.float32))
+    for name, lr in (("prior-a", "1e-3"), ("prior-b", "3e-3")):
+        assert main(["prior", "train", "--data", str(pairs), "--fast", "--out", str(tmp_path / name), f"lr={lr}"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "prior-a"), str(tmp_path / "prior-b"), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| prior-a | prior run |" in md and "| prior-b | prior run |" in md
+    assert "| `lr` | 0.001 | 0.003 |" in md and "val_loss" in md
+    assert "val_loss" in (tmp_path / "r" / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["compare", str(a), str(tmp_path / "prior-a"), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{a} trained a policy" in err and f"{tmp_path / 'prior-a'} trained a prior" in err

@@ -574,9 +574,26 @@ class TrainRun:
     path: Path
     config: dict
     summary: dict | None  # None while the run has not ended
-    curves: dict[str, list[tuple[float, float]]]  # x = frames
+    curves: dict[str, list[tuple[float, float]]]  # x = x_key
     last: dict[str, float]  # the last value of every logged scalar
     git: str = ""
+    x_key: str = "frames"  # policy runs log frames; prior and embedder runs only steps
+
+    @property
+    def trains(self) -> str:
+        """What the run trained, from its config's sections."""
+        return training_of(self.config)
+
+
+def training_of(config: dict) -> str:
+    """``policy`` (aimc train), ``prior`` (aimc prior train), ``embedder`` (aimc mineclip train)."""
+    if {"data", "model", "optim", "schedule"} <= set(config):
+        return "policy"
+    if "prior" in config and "epochs" in config:
+        return "prior"
+    if "embed_dim" in config and "store" in config:
+        return "embedder"
+    return "unknown"
 
 
 def load_train_run(path: str | Path, name: str | None = None) -> TrainRun:
@@ -597,7 +614,9 @@ def load_train_run(path: str | Path, name: str | None = None) -> TrainRun:
     summary = None
     if (path / "summary.json").is_file():
         summary = _read_json_file(path / "summary.json", "it is written when the run ends")
-    curves = read_curves(path / "metrics.jsonl", x_key="frames")
+    x_key = "frames" if training_of(config) == "policy" else "step"
+    curves = read_curves(path / "metrics.jsonl", x_key=x_key)
+    curves.pop("seconds", None)
     last = {k: pts[-1][1] for k, pts in curves.items()}
     if summary is not None:
         last.update({k: v for k, v in (summary.get("last") or {}).items() if isinstance(v, (int, float))})
@@ -607,7 +626,7 @@ def load_train_run(path: str | Path, name: str | None = None) -> TrainRun:
         for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("- git: `"):
                 git = line[len("- git: `"):].rstrip("`")  # the last session's revision
-    return TrainRun(name or path.name, path, config, summary, curves, last, git)
+    return TrainRun(name or path.name, path, config, summary, curves, last, git, x_key)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -664,18 +683,21 @@ _CURVES = ("train/loss", "val/loss", "eval/mean/instructed", "eval/mean/uncondit
 def _run_rows(run: TrainRun) -> dict[str, str]:
     """One run's overview, as display strings."""
     s = run.summary
-    if s is None:
-        status = "unfinished (no summary.json yet)"
+    last_x = max((p[-1][0] for p in run.curves.values()), default=None)
+    if run.trains != "policy":  # prior and embedder runs write no summary.json
+        status, steps, frames = f"{run.trains} run", last_x, None
+    elif s is None:
+        status, steps, frames = "unfinished (no summary.json yet)", None, last_x
     else:
         status = f"stopped: {s['stopped']}" if s.get("stopped") else "finished"
-    steps = s.get("step") if s else None
-    frames = s.get("frames") if s else (max((p[-1][0] for p in run.curves.values()), default=None))
+        steps, frames = s.get("step"), s.get("frames")
     train_s = s["hours"] * 3600 if s and isinstance(s.get("hours"), (int, float)) else run.last.get("time/train_s")
     eval_s = (s.get("periodic_seconds") or {}).get("eval") if s else run.last.get("time/eval_total_s")
-    best = s.get("best_val_loss") if s else min((v for _, v in run.curves.get("val/loss", [])), default=None)
+    val = run.curves.get("val/loss") or run.curves.get("val_loss") or []
+    best = s.get("best_val_loss") if s else min((v for _, v in val), default=None)
     return {
         "status": status,
-        "steps": "-" if steps is None else f"{steps:,}",
+        "steps": "-" if steps is None else f"{int(steps):,}",
         "frames": "-" if frames is None else f"{int(frames):,}",
         "training time": _fmt_seconds(train_s),
         "evaluation time": _fmt_seconds(eval_s) if eval_s is not None else "-",
@@ -687,6 +709,8 @@ def _run_rows(run: TrainRun) -> dict[str, str]:
 def _final_metrics(runs: list[TrainRun]) -> list[tuple[str, list[str]]]:
     names = [k for k in _HEADLINE if any(k in r.last for r in runs)]
     names += sorted({k for r in runs for k in r.last if k.startswith("eval/mean/")})
+    if not names:  # prior and embedder runs
+        names = sorted({k for r in runs for k in r.last}, key=lambda k: (0 if "loss" in k else 1, k))
     return [(k, ["-" if k not in r.last else f"{r.last[k]:.4g}" for r in runs]) for k in names]
 
 
@@ -705,14 +729,18 @@ def compare_train_html(runs: list[TrainRun]) -> str:
     parts.append("</table><p class=\"muted\">Training time leaves out the evaluation during training "
                  "(eval.every_frames), which is listed apart.</p>")
 
-    parts.append("<h2 id=\"curves\">Training curves</h2><p>x axis: frames trained on (comparable across batch sizes "
-                 "and GPU counts). Per-task evaluation curves are in each run's TensorBoard (<code>tb/</code>).</p>")
+    x_label = runs[0].x_key
+    parts.append(f"<h2 id=\"curves\">Training curves</h2><p>x axis: {_esc(x_label)}"
+                 + (" trained on (comparable across batch sizes and GPU counts). Per-task evaluation curves are in each "
+                    "run's TensorBoard (<code>tb/</code>)." if x_label == "frames" else ".") + "</p>")
     names = [k for k in _CURVES if any(r.curves.get(k) for r in runs)]
+    if not names:  # prior and embedder runs log their own names: show them all, losses first
+        names = sorted({k for r in runs for k in r.curves}, key=lambda k: (0 if "loss" in k else 1, k))[:12]
     if names:
         parts.append('<div class="curves">')
         for k in names:
             parts.append(svg_curves(k, [(r.name, PALETTE[i % len(PALETTE)], r.curves.get(k, [])) for i, r in enumerate(runs)],
-                                    x_label="frames"))
+                                    x_label=x_label))
         parts.append("</div>")
     else:
         parts.append('<p class="muted">No metrics logged yet (metrics.jsonl is empty).</p>')
@@ -781,6 +809,12 @@ def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | Non
         )
     if kinds[0] == "train":
         runs: list[Any] = [load_train_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+        trained = {r.trains for r in runs}
+        if len(trained) > 1:
+            listing = "; ".join(f"{r.path} trained a {r.trains}" for r in runs)
+            raise UserError(f"aimc compare compares training runs of one kind, got a mix: {listing}. Compare policy "
+                            "runs (aimc train) together, prior runs (aimc prior train) together, embedder runs "
+                            "(aimc mineclip train) together")
     else:
         runs = [load_eval_run(p, names[i] if names else None) for i, p in enumerate(paths)]
     seen: dict[str, int] = {}
