@@ -98,6 +98,23 @@ def test_max_seconds_counts_training_time_only(tmp_path):
     assert result.frames == 96 and [c[1] for c in probe.calls] == [32, 64, 96]
 
 
+def test_throughput_and_eta_leave_the_periodic_work_out(tmp_path):
+    # 2 s of sleep after every 32-frame step: counted in, no step could show more than 16 frames/s
+    cfg = tiny_cfg("schedule.n_frames=96", "logging.every=1")
+    train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8), periodic=[Probe(32, 2.0)])
+    speeds = [r["train/frames_per_s"] for r in records(tmp_path / "run") if "train/frames_per_s" in r]
+    assert len(speeds) == 3 and min(speeds[1:]) > 40, speeds
+    from aimc.train.checkpoint import Progress
+    from aimc.train.config import LoggingConfig
+    from aimc.train.metrics import MetricsLogger
+
+    log = MetricsLogger(tmp_path / "eta", LoggingConfig(tensorboard=False, progress=False), enabled=False, total_frames=100)
+    log._t0 = time.perf_counter() - 10.0  # 50 frames in 10 s: 5 frames/s, 10 s to go ...
+    assert log._eta(Progress(frames=50)) == "0:00:10"
+    log.exclude(5.0)  # ... unless 5 of those seconds were evaluation: 10 frames/s, 5 s to go
+    assert log._eta(Progress(frames=50)) == "0:00:05"
+
+
 def test_a_failed_periodic_call_is_a_warning_and_training_goes_on(tmp_path):
     cfg = tiny_cfg("schedule.n_frames=96")
     probe = Probe(32, fail_at=64)

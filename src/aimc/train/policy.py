@@ -493,9 +493,9 @@ def run_periodic(periodic: Sequence[Periodic], learner: Learner, progress: ckpt.
         done[p.name] = progress.frames
         progress.periodic_seconds[p.name] = progress.periodic_seconds.get(p.name, 0.0) + dt
         spent += dt
+        log.exclude(dt)  # before the line below prints an ETA
         log.scalars(progress, {**scalars, f"time/{p.name}_s": dt, f"time/{p.name}_total_s": progress.periodic_seconds[p.name],
                                "time/train_s": progress.wall_seconds})
-    log.exclude(spent)
     return spent
 
 
