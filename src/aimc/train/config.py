@@ -221,7 +221,8 @@ class ScheduleConfig:
     """Floor of the schedule."""
     max_seconds: float = 0.0
     """Stop this session after so many seconds of training even if n_frames is not reached
-    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames."""
+    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames.
+    Evaluation during training (``eval``) is not counted: it comes on top."""
 
     def __post_init__(self) -> None:
         _check(self.max_seconds >= 0, f"schedule.max_seconds must be >= 0, got {self.max_seconds}")
