@@ -22,6 +22,7 @@ with the model in eval mode, and keeps its time out of the training time.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -83,8 +84,10 @@ class PeriodicEvaluator:
                 "there or in the three folders above): set eval.mineclip=PATH (and eval.prior=PATH)"
             )
         self.mineclip_path, self.prior_path = paths["mineclip"], paths["prior"]
-        self.mineclip = load_mineclip(self.mineclip_path)
-        self.prior = load_prior(self.prior_path) if self.prior_path is not None else None
+        self.mineclip = self.prior = None
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process evaluates
+            self.mineclip = load_mineclip(self.mineclip_path)
+            self.prior = load_prior(self.prior_path) if self.prior_path is not None else None
         self._tb: Any = None
         self._note = print
 
