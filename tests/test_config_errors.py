@@ -33,6 +33,7 @@ BAD = [
     ("aimc.train.config", "CheckpointConfig", {"every_frames": -1}, "checkpoint.every_frames"),
     ("aimc.train.config", "LoggingConfig", {"every_frames": 0}, "logging.every_frames"),
     ("aimc.train.config", "RuntimeConfig", {"precision": "fp8"}, "runtime.precision"),
+    ("aimc.train.config", "EvalConfig", {"num_envs": 0}, "eval.num_envs"),
     ("aimc.train.config", "TrainConfig", {"__build__": "trunc_t"}, "optim.trunc_t"),
     ("aimc.data.loader", "AugmentConfig", {"hue": 0.9}, "data.augment.hue"),
     ("aimc.data.store", "VideoSettings", {"chunk_frames": 0}, "video.chunk_frames"),

@@ -769,6 +769,8 @@ def docs_workdir(tmp_path_factory) -> Workdir:
         HOME=str(root / "home"),
         MPLBACKEND="Agg",
         PYTHONUNBUFFERED="1",
+        # the aimc of this checkout, whichever copy the environment has installed
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
     )
     # Docs run repository scripts by relative path (python scripts/..., benchmarks/...).

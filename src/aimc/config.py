@@ -59,8 +59,19 @@ def list_presets() -> list[str]:
 
 
 def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a YAML config file (field: value lines)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML config file (field: value lines)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror}); expected a YAML config file") from None
+    if not text:
+        raise ConfigError(f"{path}: the file is empty (an interrupted copy?); expected a YAML config file "
+                          "(field: value lines)")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -273,13 +284,19 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[
         path = preset_path(preset)
         data = _read_yaml(path)
     over = parse_overrides(overrides)
-    resolved = _merge_typed(cls, to_dict(cls()), _deep_merge(data, over))
-    refuse = getattr(cls, "refuse_retired_keys", None)
-    if refuse is not None:
-        if path is not None:
-            refuse(data, resolved, str(path))
-        refuse(over, resolved, "the overrides (KEY=VALUE)")
-    return from_dict(cls, resolved)
+    try:
+        resolved = _merge_typed(cls, to_dict(cls()), _deep_merge(data, over))
+        refuse = getattr(cls, "refuse_retired_keys", None)
+        if refuse is not None:
+            if path is not None:
+                refuse(data, resolved, str(path))
+            refuse(over, resolved, "the overrides (KEY=VALUE)")
+        return from_dict(cls, resolved)
+    except ConfigError as e:
+        if path is None or str(path) in str(e):
+            raise
+        source = f"{path}" + (f" with the overrides {' '.join(overrides)}" if overrides else "")
+        raise ConfigError(f"{e} (in the config read from {source})") from None
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

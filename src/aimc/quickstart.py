@@ -520,8 +520,9 @@ def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, w
     """
     import torch
 
-    run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
+    from aimc.utils.io import make_dir
+
+    run = make_dir(out, "quickstart folder (--out)")
     plan = replace(make_plan(minutes, fast, workers, seed), **(plan_overrides or {}))
     state = _load_state(run)
     if state.get("plan") and state["plan"].get("policy_preset") != plan.policy_preset:

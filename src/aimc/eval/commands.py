@@ -1,5 +1,5 @@
-"""``aimc eval`` (run a suite), ``aimc compare`` (HTML/markdown report of several evaluations) and
-``aimc mineclip search`` (find the windows of a store that match a text)."""
+"""``aimc eval`` (run a suite), ``aimc compare`` (HTML/markdown report of several evaluations,
+or of several training runs) and ``aimc mineclip search`` (find the windows of a store that match a text)."""
 
 from __future__ import annotations
 
@@ -111,9 +111,10 @@ def register(cli) -> None:
                    help="evaluate uniformly random play, or the built-in world's scripted demonstrator (the ceiling)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    c = cli.command("compare", help="compare evaluations (e.g. before/after fine-tuning) in an HTML + markdown report",
-                    run=_compare)
-    c.add_argument("runs", nargs="+", help="evaluation folders written by aimc eval --out (the first is the baseline)")
+    c = cli.command("compare", help="compare evaluations (e.g. before/after fine-tuning) or training runs in an HTML + "
+                                    "markdown report", run=_compare)
+    c.add_argument("runs", nargs="+", help="evaluation folders written by aimc eval --out (the first is the baseline), "
+                                           "or training run folders written by aimc train; all of one kind")
     c.add_argument("--out", default="compare", help="folder for report.html and report.md (default ./compare)")
     c.add_argument("--names", default=None, help="comma-separated display names for the runs")
 

@@ -10,6 +10,7 @@ A run is described by one :class:`TrainConfig` made of sections, each a dataclas
     checkpoint  latest / best / snapshot cadence (in frames)
     logging     metrics, TensorBoard, progress line
     runtime     device, precision, seed, compile, distributed backend
+    eval        success rates in an environment every N frames, apart from training time
 
 Vocabulary used throughout (the paper's names):
 
@@ -246,7 +247,8 @@ class ScheduleConfig:
     """Floor of the schedule."""
     max_seconds: float = 0.0
     """Stop this session after so many seconds of training even if n_frames is not reached
-    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames."""
+    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames.
+    Evaluation during training (``eval``) is not counted: it comes on top."""
 
     def __post_init__(self) -> None:
         _check(self.max_seconds >= 0, f"schedule.max_seconds must be >= 0, got {self.max_seconds}")
@@ -364,6 +366,53 @@ class RuntimeConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training (``aimc train`` only): every ``every_frames`` frames, the
+    policy plays an evaluation suite as ``aimc eval`` would (same goals from text, same
+    guidance, same world seeds); its success rates go to TensorBoard, ``metrics.jsonl`` and the
+    run's README, and each evaluation folder ``RUN_DIR/evals/frames_<N>/`` keeps the results and a
+    short sample video. Its time is kept apart from training time (see docs/monitoring.md)."""
+
+    every_frames: int = 0
+    """Evaluate every this many frames of training, and once at the end (0 = off)."""
+    suite: str = "crafter-core"
+    """Shipped suite name (crafter-core, steve1-early-game) or a suite YAML file."""
+    episodes: int = 4
+    """Episodes per task and condition (0 = the suite's own count, 30 for crafter-core)."""
+    tasks: list[str] = field(default_factory=list)
+    """Task ids of the suite to play (empty = all)."""
+    max_steps: int = 0
+    """Cap every task's horizon at this many steps (0 = the suite's horizons)."""
+    cond_scale: float = 6.0
+    """Classifier-free guidance scale, as ``aimc eval --cond-scale``."""
+    num_envs: int = 8
+    """Episodes played at once (the policy's batch)."""
+    workers: int = 0
+    """Environment processes (0 = in the training process)."""
+    mineclip: str = ""
+    """Text embedder that turns instructions into goals (MineCLIP ``attn.pth`` or aimc
+    ``.safetensors``); empty = found next to the run directory, as ``aimc eval`` finds it
+    next to the weights."""
+    prior: str = ""
+    """Prior that maps text embeddings to visual goals; empty = found next to the run directory
+    (none found: the text embedding is the goal, as in ``aimc eval``). Actions and prior samples
+    are drawn with ``runtime.seed``; the world seeds are the suite's."""
+    video: bool = True
+    """Keep a sample video of each evaluation (one episode of ``video_task``) and show its
+    frames in TensorBoard."""
+    video_task: str = ""
+    """Task whose first instructed episode is filmed (empty = the first task played)."""
+
+    def __post_init__(self) -> None:
+        for name in ("every_frames", "episodes", "max_steps", "workers"):
+            _check(getattr(self, name) >= 0, f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.num_envs >= 1, f"eval.num_envs must be >= 1, got {self.num_envs}")
+        _check(self.cond_scale >= 0, f"eval.cond_scale must be >= 0, got {self.cond_scale}")
+        _check(not self.video_task or not self.tasks or self.video_task in self.tasks,
+               f"eval.video_task {self.video_task!r} is not one of eval.tasks {self.tasks}")
+
+
+@dataclass
 class TrainConfig:
     """A whole policy training run. See the module docstring for the vocabulary."""
 
@@ -375,6 +424,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = ""
     """Short name of the run (the run-dir README's title)."""
 

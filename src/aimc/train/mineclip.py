@@ -224,9 +224,10 @@ def train_mineclip(
 
     from aimc.checkpoints.mineclip import save_mineclip
     from aimc.models.tokenizer import ClipTokenizer
+    from aimc.utils.io import make_dir
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir, "run directory (--out)")
     save_config(cfg, run_dir / "config.yaml")
     if pairs is None:
         if not cfg.store:

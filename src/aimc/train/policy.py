@@ -13,7 +13,9 @@ step (:func:`optimizer_step` over :class:`SequenceChunks`) is:
         backward(loss / grad_accum)   (DDP all-reduces only on the last micro-step)
     unscale (fp16), gradient norm, stop if the loss is not finite, clip, AdamW step
 then the loop logs, validates, checkpoints: each after the step whose frames cross a multiple of
-its interval (``logging.every_frames``, ``validation.*_frames``, ``checkpoint.*_frames``).
+its interval (``logging.every_frames``, ``validation.*_frames``, ``checkpoint.*_frames``), and runs
+its periodic work (:class:`Periodic`, e.g. the evaluation of ``aimc train``'s ``eval`` section),
+whose time is kept apart.
 
 Batches come from a source that is stateless by index (batch ``k`` of rank ``r`` is
 always the same), so a run resumes exactly from ``(step, micro-step, carried state,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -437,6 +439,71 @@ class StopTraining(Exception):
     sees the same numbers on every rank and must decide the same on every rank."""
 
 
+class Periodic(Protocol):
+    """Work done every ``every_frames`` frames of training and once at the end (``every_frames``
+    0: only at the end), on rank 0 while the other ranks wait: e.g. the evaluation
+    ``aimc train`` runs (:class:`aimc.eval.periodic.PeriodicEvaluator`). Its time is kept out of
+    the training time (``TrainResult.seconds``, ``train/frames_per_s``, the ETA and
+    ``schedule.max_seconds``) and logged as ``time/<name>_s`` (``time/<name>_total_s`` summed
+    over the run, ``time/train_s`` the training time so far)."""
+
+    name: str
+    every_frames: int
+
+    def start(self, policy: nn.Module, note: Callable[[str], None]) -> None:
+        """Called once the policy is built, before any training step: check that it fits (and
+        fail now, not hours later); ``note`` prints a line beside the training's output."""
+
+    def __call__(self, policy: nn.Module, step: int, frames: int) -> dict[str, float]:
+        """The work, given the plain policy in eval mode with gradients off and the training's
+        random streams untouched; returns scalars to log at ``frames``. An exception is reported
+        as a warning and training goes on."""
+
+    def close(self) -> None:
+        """Called when training ends (also after an error)."""
+
+
+def run_periodic(periodic: Sequence[Periodic], learner: Learner, progress: ckpt.Progress, log, info: D.DistInfo,
+                 frames_per_step: int, done: dict[str, int], final: bool = False) -> float:
+    """Run the callbacks due after the step that brought training to ``progress.frames`` (with
+    ``final``: every callback that has not run at this frame count); returns the seconds spent,
+    which the caller keeps out of the training time. ``done``: name -> frames of its last run."""
+    import random
+
+    import numpy as np
+
+    spent = 0.0
+    for p in periodic:
+        crossed = p.every_frames and progress.frames // p.every_frames > (progress.frames - frames_per_step) // p.every_frames
+        if done.get(p.name) == progress.frames or not (crossed or final):
+            continue
+        t0 = time.perf_counter()
+        scalars: dict[str, float] = {}
+        if info.is_main:
+            policy = learner.policy
+            was_training, np_state, py_state = policy.training, np.random.get_state(), random.getstate()
+            policy.eval()
+            try:
+                with torch.random.fork_rng(devices=[learner.device] if learner.device.type == "cuda" else []), \
+                        torch.no_grad():
+                    scalars = dict(p(policy, progress.step, progress.frames))
+            except Exception as e:  # noqa: BLE001 - hours of training are not lost to a failed evaluation
+                log.warn(f"{p.name} at {progress.frames:,} frames failed ({type(e).__name__}: {e}); training goes on")
+            finally:
+                policy.train(was_training)
+                np.random.set_state(np_state)
+                random.setstate(py_state)
+        D.barrier(info)
+        dt = time.perf_counter() - t0
+        done[p.name] = progress.frames
+        progress.periodic_seconds[p.name] = progress.periodic_seconds.get(p.name, 0.0) + dt
+        spent += dt
+        log.exclude(dt)  # before the line below prints an ETA
+        log.scalars(progress, {**scalars, f"time/{p.name}_s": dt, f"time/{p.name}_total_s": progress.periodic_seconds[p.name],
+                               "time/train_s": progress.wall_seconds})
+    return spent
+
+
 @dataclass
 class TrainResult:
     """What :func:`train_policy` made."""
@@ -446,7 +513,7 @@ class TrainResult:
     best_val_loss: float  # inf when there was no validation
     frames: int  # frames trained on, over all processes and sessions
     steps: int  # optimizer steps
-    seconds: float  # training time over all sessions
+    seconds: float  # training time over all sessions (periodic work such as evaluation not included)
     last: dict[str, float] = field(default_factory=dict)  # the last logged scalars (rank 0), e.g. train/loss
     stopped: bool = False  # an on_validation callback raised StopTraining
 
@@ -498,6 +565,7 @@ def train_policy(
     val_data: Callable[[], Iterable[dict[str, Any]]] | None = None,
     skip_preflight: bool = False,
     on_validation: Callable[[Validation], None] | None = None,
+    periodic: Sequence[Periodic] = (),
 ) -> TrainResult:
     """Train (or resume) a run in ``run_dir``; returns what it made (:class:`TrainResult`).
 
@@ -507,7 +575,9 @@ def train_policy(
     val split, or ``train_data`` given without ``val_data``, stops the run before it starts;
     ``validation.enabled=false`` trains without (``val_data`` is then not used).
     ``on_validation(Validation)`` is called after every validation (also the final one); it may
-    raise :class:`StopTraining` to end the run early with its outputs written.
+    raise :class:`StopTraining` to end the run early with its outputs written. ``periodic``:
+    work done every N frames and at the end, its time kept apart (:class:`Periodic`; ``aimc
+    train`` passes its evaluator when ``eval.every_frames`` is set).
     """
     from aimc.train import preflight, rundir
     from aimc.train.data import make_sources
@@ -557,6 +627,13 @@ def train_policy(
                 log.warn(f"{key}={interval:,} is less than one optimizer step ({frames_per_step:,} frames): it is due "
                          f"after every step. Intervals count frames, not steps ({interval} steps would be "
                          f"{key}={interval * frames_per_step})")
+        if info.is_main:
+            for p in periodic:
+                p.start(policy, log.note)
+        if cfg.eval.every_frames and not any(p.name == "eval" for p in periodic):
+            log.warn("eval.every_frames is set but no evaluator was given: `aimc train` runs the evaluation; from "
+                     "Python pass periodic=[aimc.eval.periodic.PeriodicEvaluator(cfg, run_dir)] to train_policy")
+        periodic_done: dict[str, int] = {}
 
         def save_latest(state_to_carry: Any) -> None:
             if info.is_main:
@@ -650,10 +727,15 @@ def train_policy(
             if crossed(before, progress.frames, cfg.checkpoint.every_frames):
                 save_latest(stream.carried)
 
-        # 4. the end: final validation, latest checkpoint, exported weights
+            # periodic work (evaluation), its time kept out of the training time
+            shift = run_periodic(periodic, learner, progress, log, info, frames_per_step, periodic_done)
+            session_start, t_log, t_session = session_start + shift, t_log + shift, t_session + shift
+
+        # 4. the end: final validation, latest checkpoint, last periodic work, exported weights
         if val_data is not None and not stopped and validated_at != progress.step:
             stopped = validation()
         save_latest(stream.carried)
+        run_periodic(periodic, learner, progress, log, info, frames_per_step, periodic_done, final=True)
         formats = cfg.checkpoint.export
         final, best = run_dir / f"final{formats[0]}", None
         if info.is_main:
@@ -667,6 +749,8 @@ def train_policy(
         return TrainResult(final, best, progress.best_val_loss, progress.frames, progress.step, progress.wall_seconds,
                            dict(log.last), stopped)
     finally:
+        for p in periodic:
+            p.close()
         D.teardown(info)
 
 

@@ -41,7 +41,7 @@ from aimc.errors import ConfigError, UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
 from aimc.utils.device import autocast as amp_autocast
 from aimc.utils.device import resolve_device
-from aimc.utils.io import atomic_write_bytes, atomic_write_text
+from aimc.utils.io import atomic_write_bytes, atomic_write_text, make_dir
 
 
 @dataclass
@@ -226,7 +226,8 @@ def train_prior(
                         f"set prior.input_dim={text_np.shape[1]}")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir, "run directory (--out)")
+    ckpt_dir.mkdir(exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "run.json", json.dumps({"git_revision": _git_revision(), "n_pairs": len(text_np)}) + "\n")
 

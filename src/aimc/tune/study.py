@@ -70,8 +70,9 @@ def _open_storage(settings: TuneSettings):
     from optuna.storages import RDBStorage
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    out = Path(settings.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from aimc.utils.io import make_dir
+
+    out = make_dir(settings.out_dir, "study folder (--out)")
     spec = settings.storage or "sqlite"
     if spec == "journal" or spec.endswith(".journal"):
         path = out / "study.journal" if spec == "journal" else Path(spec)
