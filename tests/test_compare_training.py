@@ -20,9 +20,9 @@ from aimc.train.policy import train_policy
 
 
 def _train(run: Path, *overrides: str) -> Path:
-    cfg = load_config(TrainConfig, "tiny", [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false", "logging.every=1",
-                                            "schedule.n_frames=320", "schedule.warmup_frames=32", "validation.every=2",
-                                            "validation.switch_at=0", "checkpoint.every=0", *overrides])
+    cfg = load_config(TrainConfig, "tiny", [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false", "logging.every_frames=1",
+                                            "schedule.n_frames=320", "schedule.warmup_frames=32", "validation.every_frames=64",
+                                            "validation.switch_at_frames=0", "checkpoint.every_frames=0", *overrides])
     src = SyntheticBatches(4, 8)
     torch.manual_seed(0)
     train_policy(cfg, run, policy=TinyPolicy(), train_data=src, val_data=src.val())

@@ -26,7 +26,7 @@ EMBED = 16  # goal size of the tiny text embedder and prior
 
 def tiny_cfg(*overrides: str) -> TrainConfig:
     return load_config(TrainConfig, "tiny", [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false",
-                                             "validation.every=0", "checkpoint.every=0", "schedule.warmup_frames=32",
+                                             "validation.enabled=false", "checkpoint.every_frames=0", "schedule.warmup_frames=32",
                                              *overrides])
 
 
@@ -62,7 +62,7 @@ class Probe:
 
 def test_periodic_work_runs_every_n_frames_in_eval_mode_and_leaves_training_unchanged(tmp_path):
     # 5 steps of 32 frames; every 64 frames -> after steps 2 and 4, then once at the end (160)
-    cfg = tiny_cfg("schedule.n_frames=160", "logging.every=1")
+    cfg = tiny_cfg("schedule.n_frames=160", "logging.every_frames=1")
     src = SyntheticBatches(4, 8)
     probe = Probe(64, sleep=0.5)
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def test_max_seconds_counts_training_time_only(tmp_path):
 
 def test_throughput_and_eta_leave_the_periodic_work_out(tmp_path):
     # 2 s of sleep after every 32-frame step: counted in, no step could show more than 16 frames/s
-    cfg = tiny_cfg("schedule.n_frames=96", "logging.every=1")
+    cfg = tiny_cfg("schedule.n_frames=96", "logging.every_frames=1")
     train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8), periodic=[Probe(32, 2.0)])
     speeds = [r["train/frames_per_s"] for r in records(tmp_path / "run") if "train/frames_per_s" in r]
     assert len(speeds) == 3 and min(speeds[1:]) > 40, speeds
