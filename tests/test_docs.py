@@ -762,7 +762,7 @@ def docs_workdir(tmp_path_factory) -> Workdir:
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {
         k: v for k, v in os.environ.items()
-        if k in ("LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "AIMC_CONFORMANCE_DIR")
+        if k in ("LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "AIMC_CONFORMANCE_DIR", "PYTHONPATH")
     }
     env.update(
         PATH=os.pathsep.join([str(bindir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

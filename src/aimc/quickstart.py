@@ -155,7 +155,7 @@ def stage_embedder(run: Path, plan: QuickstartPlan, display: _Display) -> dict:
     from aimc.train.mineclip import ClipCaptionPairs, MineCLIPTrainConfig, text_retrieval_accuracy, train_mineclip
 
     cfg = MineCLIPTrainConfig(store=str(run / "store"), steps=plan.embedder_steps, time_limit_s=plan.embedder_seconds,
-                              seed=plan.seed, max_episodes=300)
+                              seed=plan.seed, max_episodes=300, device="cpu")
     pairs = ClipCaptionPairs(cfg.store, None, cfg.max_episodes)
     t0 = time.time()
     last = [float("nan")]

@@ -69,6 +69,13 @@ def _run(args: argparse.Namespace) -> int:
 
         goal_frames = read_video(check_readable_file(args.goal_video, "goal video (an mp4 clip)"))
     agent = build_agent(args, need_text=goal_frames is not None or schedule is not None or args.interactive)
+    if schedule is not None and agent.mineclip is not None:
+        import sys
+
+        from aimc.checkpoints.mineclip import guess_lang, language_warning
+
+        if warning := language_warning({guess_lang(p) for p in schedule.prompts}, agent.mineclip.langs, "prompts"):
+            print(f"warning: {warning}", file=sys.stderr)
     result = play(agent, env_config(args.env, args.env_opt), steps=args.steps, prompts=schedule, goal_frames=goal_frames,
                   video=args.video, seed=args.seed, num_envs=args.num_envs, workers=args.workers,
                   interactive=args.interactive, fps=args.fps, scale=args.scale)

@@ -27,6 +27,8 @@ def _eval(args: argparse.Namespace) -> int:
 
         suite = replace(suite, max_steps=args.max_steps,
                         tasks=tuple(replace(t, max_steps=min(t.max_steps, args.max_steps)) for t in suite.tasks))
+    if args.lang not in ("auto", "all"):  # a wrong --lang fails before any model is loaded
+        _phrasings(suite, args.lang, None)
     if args.baseline == "expert":
         from dataclasses import replace
 
@@ -46,6 +48,7 @@ def _eval(args: argparse.Namespace) -> int:
         if not args.weights:
             raise UserError("aimc eval needs --weights (or --baseline random)")
         agent = build_agent(args, need_text=True)
+    suite = _phrasings(suite, args.lang, getattr(getattr(agent, "mineclip", None), "langs", None))
     out = Path(args.out)
     run_suite(suite, agent, out, episodes=args.episodes, num_envs=args.num_envs, workers=args.workers,
               videos=args.videos, progress=not args.quiet)
@@ -53,6 +56,18 @@ def _eval(args: argparse.Namespace) -> int:
     print(summary_markdown(summary))
     print(f"results: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'}")
     return 0
+
+
+def _phrasings(suite, lang: str, embedder_langs):
+    """The suite with the phrasings ``--lang`` picks for this embedder; warnings go to stderr."""
+    import sys
+
+    from aimc.eval.suite import choose_phrasings
+
+    suite, notes = choose_phrasings(suite, lang, embedder_langs)
+    for text in notes:
+        print(text, file=sys.stderr)
+    return suite
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -102,6 +117,9 @@ def register(cli) -> None:
     p.add_argument("--out", required=True, help="output folder; run again with the same folder to resume")
     p.add_argument("--episodes", type=int, default=None, help="episodes per task and condition (default: the suite's)")
     p.add_argument("--tasks", default=None, help="comma-separated task ids to run (default: all)")
+    p.add_argument("--lang", default="auto", metavar="LANGS",
+                   help="phrasings to play: auto (those in the embedder's languages, e.g. English for the official "
+                        "MineCLIP; default), all, or languages such as en, zh, en,zh")
     p.add_argument("--max-steps", type=int, default=None, help="cap every task's horizon (quick checks)")
     p.add_argument("--env-opt", action="append", default=None, metavar="KEY=VALUE", help="override an env setting (repeatable)")
     p.add_argument("--num-envs", type=int, default=8, help="episodes played at once (the policy's batch; default 8)")

@@ -23,11 +23,16 @@ def _mineclip_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.store:
         overrides.append(f"store={args.store}")
+    if args.init:
+        overrides.append(f"init={args.init}")
     cfg = load_config(MineCLIPTrainConfig, args.config, overrides)
     with Progress(TextColumn("mineclip"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn()) as prog:
         task = prog.add_task("train", total=cfg.steps, loss=float("nan"))
-        path = train_mineclip(cfg, args.out, on_step=lambda s, loss: prog.update(task, completed=s + 1, loss=loss))
-    print(f"embedder written to {path}")
+        path = train_mineclip(cfg, args.out, on_step=lambda s, loss: prog.update(task, completed=s + 1, loss=loss),
+                              on_note=lambda text: prog.console.print(f"note: {text}", markup=False, highlight=False))
+    from aimc.checkpoints.mineclip import describe_langs, read_mineclip_file
+
+    print(f"embedder written to {path} (languages: {describe_langs(read_mineclip_file(path).langs)})")
     return 0
 
 
@@ -76,8 +81,10 @@ def _prior_train(args: argparse.Namespace) -> int:
 def register(cli) -> None:
     """Add this package's commands to ``cli`` (an ``aimc.cli.CommandLine``)."""
     cli.group("prior", help="the STEVE-1 prior (text embedding -> visual goal embedding)")
-    p = cli.command("mineclip train", help="train a small MineCLIP contrastively on annotated episodes", run=_mineclip_train)
+    p = cli.command("mineclip train", help="train a small MineCLIP contrastively on annotated episodes, or fine-tune one (--init)", run=_mineclip_train)
     p.add_argument("--store", default="", help="episode store with text annotations")
+    p.add_argument("--init", default="", metavar="EMBEDDER",
+                   help="fine-tune this embedder (official attn.pth or a mineclip.safetensors) instead of a new model")
     p.add_argument("--out", required=True, help="run directory (config, metrics, tb/, mineclip.safetensors)")
     p.add_argument("--config", default=None, help="preset name or YAML file (MineCLIPTrainConfig)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=2000 batch_size=128")
