@@ -284,19 +284,26 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[
         path = preset_path(preset)
         data = _read_yaml(path)
     over = parse_overrides(overrides)
+
+    def named(e: ConfigError) -> ConfigError:  # say which file the value came from
+        if path is None or str(path) in str(e):
+            return e
+        source = f"{path}" + (f" with the overrides {' '.join(overrides)}" if overrides else "")
+        return ConfigError(f"{e} (in the config read from {source})")
+
     try:
         resolved = _merge_typed(cls, to_dict(cls()), _deep_merge(data, over))
-        refuse = getattr(cls, "refuse_retired_keys", None)
-        if refuse is not None:
-            if path is not None:
-                refuse(data, resolved, str(path))
-            refuse(over, resolved, "the overrides (KEY=VALUE)")
+    except ConfigError as e:
+        raise named(e) from None
+    refuse = getattr(cls, "refuse_retired_keys", None)
+    if refuse is not None:  # its errors name their source themselves
+        if path is not None:
+            refuse(data, resolved, str(path))
+        refuse(over, resolved, "the overrides (KEY=VALUE)")
+    try:
         return from_dict(cls, resolved)
     except ConfigError as e:
-        if path is None or str(path) in str(e):
-            raise
-        source = f"{path}" + (f" with the overrides {' '.join(overrides)}" if overrides else "")
-        raise ConfigError(f"{e} (in the config read from {source})") from None
+        raise named(e) from None
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
