@@ -74,23 +74,30 @@ def test_report_numbers(report):
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
-def test_report_renders_in_headless_chromium(report):
+def render_in_chromium(html_path: Path, tmp: Path, width: int = 1200, height: int = 2400) -> tuple[str, np.ndarray]:
+    """The page as headless Chromium renders it: (its DOM after loading, a screenshot as RGB
+    array). Skips the test when Chromium is not installed."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("chromium is not installed (CI installs it with `apt-get install -y chromium`)")
-    tmp, html_path, _ = report
     shot = tmp / "report.png"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chrome-profile'}"]
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars", html_path.as_uri()],
-                   check=True, timeout=120, capture_output=True)
+    subprocess.run(flags + [f"--screenshot={shot}", f"--window-size={width},{height}", "--hide-scrollbars",
+                            html_path.as_uri()], check=True, timeout=120, capture_output=True)
     dom = subprocess.run(flags + ["--dump-dom", html_path.as_uri()], check=True, timeout=120, capture_output=True,
                          text=True).stdout
-    assert "Deltas against before" in dom and dom.count("<svg") >= 3 and dom.count("<rect") > 10
     from PIL import Image
 
     img = np.asarray(Image.open(shot).convert("RGB"))
-    assert img.shape[0] == 2400 and img.shape[1] == 1200
+    assert img.shape[0] == height and img.shape[1] == width
+    return dom, img
+
+
+def test_report_renders_in_headless_chromium(report):
+    tmp, html_path, _ = report
+    dom, img = render_in_chromium(html_path, tmp)
+    assert "Deltas against before" in dom and dom.count("<svg") >= 3 and dom.count("<rect") > 10
     # the bars are drawn: the palette's first two colours appear on the page
     for color in ((0x4C, 0x72, 0xB0), (0xDD, 0x84, 0x52)):
         assert (np.abs(img.astype(int) - color).sum(-1) < 12).sum() > 200, color

@@ -768,13 +768,15 @@ def docs_workdir(tmp_path_factory) -> Workdir:
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {
         k: v for k, v in os.environ.items()
-        if k in ("LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "AIMC_CONFORMANCE_DIR")
+        if k in ("LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "AIMC_CONFORMANCE_DIR", "PYTHONPATH")
     }
     env.update(
         PATH=os.pathsep.join([str(bindir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         HOME=str(root / "home"),
         MPLBACKEND="Agg",
         PYTHONUNBUFFERED="1",
+        # the aimc of this checkout, whichever copy the environment has installed
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
     )
     # Docs run repository scripts by relative path (python scripts/..., benchmarks/...).

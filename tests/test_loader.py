@@ -242,3 +242,15 @@ def test_augmentation_is_consistent_over_time():
     assert (np.abs(gray.astype(int)[..., 0] - gray[..., 1]) <= 1).all()
     ident = augment_sequence(seq, np.random.default_rng(1), AugmentConfig(True, 0.0, 0.0, 0.0, 0.0, 0.0))
     assert (np.abs(ident.astype(int) - seq) <= 1).all()
+
+
+def test_every_sequence_of_a_batch_is_augmented(tmp_path):
+    """Batches are decoded in place into one buffer (``__getitems__``): the augmented frames must
+    land there for every item, not only for the first one."""
+    store = make_store(tmp_path / "s")
+    gray = AugmentConfig(True, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=1.0)
+    ds = SequenceDataset([store.root], T=20, min_btwn_goals=15, max_btwn_goals=25, num_items=8, augment=gray)
+    for batch in make_loader(ds, batch_size=4, num_workers=0):
+        img = batch["img"].int()  # (B, T, H, W, 3); unaugmented, channel 0 is the frame index, 2 the episode
+        for b in range(img.shape[0]):
+            assert (img[b, ..., 0] - img[b, ..., 2]).abs().max() <= 1, f"sequence {b} was not augmented"

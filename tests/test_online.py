@@ -353,7 +353,8 @@ def test_online_errors_name_the_setting_and_the_fix(tmp_path, bundle, capsys):
         assert message in capsys.readouterr().err
     store = earlier_store(tmp_path / "demo", episodes=1)
     args = ["online", "--init", str(bundle), "--store", str(store), "--out", out, "--quiet", *RUN_ARGS, "rounds=1",
-            "validate.episodes=0", 'train.overrides=["checkpoint.export=[.weights]"]']
+            "validate.episodes=0",
+            'train.overrides=["checkpoint.export=[.weights]","validation.enabled=false"]']  # one earlier episode: no val split
     assert main(args) == 0
     assert not (tmp_path / "run" / "rounds" / "000").exists()  # no validation asked: none made
     for name in ("final.safetensors", "final.weights", "best.safetensors", "best.weights"):  # the rounds need .safetensors

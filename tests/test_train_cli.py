@@ -113,9 +113,9 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     small = STEVE1Policy(PolicyConfig.tiny(img_shape=[16, 16, 3], action_heads={"action": 5}, mineclip_embed_dim=D))
     save_policy(small, tmp_path / "p.weights")
     save_model_file(PolicyConfig.tiny(img_shape=[16, 16, 3], hidsize=48, action_heads={"action": 5}), tmp_path / "p.model")
-    store = make_store(tmp_path / "store", n_episodes=1, length=24)
+    store = make_store(tmp_path / "store", n_episodes=1, length=48)  # the data is checked first: it must do
     cfg = _cfg(f"data.stores=[{store.root}]", f"model.init={tmp_path / 'p.weights'}",
-               f"model.model_file={tmp_path / 'p.model'}", "model.policy={}")
+               f"model.model_file={tmp_path / 'p.model'}", "model.policy={}", "validation.enabled=false")
     with pytest.raises(UserError, match="do not fit"):
         train_policy(cfg, tmp_path / "run")
 
@@ -151,8 +151,8 @@ def test_interrupted_run_with_the_real_loader_resumes_exactly(tmp_path, monkeypa
     from aimc.train import data as train_data
 
     store = make_store(tmp_path / "store")
-    args = ["--preset", "tiny", f"data.stores=[{store.root}]", f"model.goal_dim={D}", POLICY, "data.val_split=",
-            "logging.tensorboard=false", "schedule.n_frames=192", "schedule.warmup_frames=32", "checkpoint.every=1",
+    args = ["--preset", "tiny", f"data.stores=[{store.root}]", f"model.goal_dim={D}", POLICY, "validation.enabled=false",
+            "logging.tensorboard=false", "schedule.n_frames=192", "schedule.warmup_frames=32", "checkpoint.every_frames=32",
             "data.T=12", "optim.trunc_t=4"]  # 3 chunks per sequence, 2 per step: stops mid-sequence
     assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
     ref = load_file(str(tmp_path / "straight" / "final.safetensors"))

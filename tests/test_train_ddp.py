@@ -16,7 +16,8 @@ from aimc.train.config import TrainConfig
 from aimc.train.policy import train_policy
 
 COMMON = [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false", "schedule.n_frames=512",
-          "schedule.warmup_frames=64", "checkpoint.every=4", "validation.every=4", "checkpoint.snapshot_every_frames=0"]
+          "schedule.warmup_frames=64", "checkpoint.every_frames=128", "validation.every_frames=128",
+          "checkpoint.snapshot_every_frames=0"]  # every 4 steps of 32 frames (1 x batch 4 or 2 x batch 2)
 
 
 def _free_port() -> int:

@@ -26,8 +26,9 @@ def metrics(run: Path) -> list[dict]:
 
 
 def test_loss_decreases_on_learnable_toy_task(tmp_path):
-    cfg = tiny_cfg("optim.lr=1e-2", "schedule.n_frames=1120", "schedule.warmup_frames=64", "validation.every=0",
-                   "logging.every=1", "checkpoint.every=0", "checkpoint.snapshot_every_frames=0")
+    cfg = tiny_cfg("optim.lr=1e-2", "schedule.n_frames=1120", "schedule.warmup_frames=64",
+                   "validation.every_frames=0", "logging.every_frames=32", "checkpoint.every_frames=0",
+                   "checkpoint.snapshot_every_frames=0")
     src = SyntheticBatches(4, 8)
     torch.manual_seed(0)
     train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=src, val_data=src.val())
@@ -127,7 +128,7 @@ def test_tbptt_chunks_carry_state_and_truncate_gradients():
 
 
 def test_nan_loss_stops_with_checkpoint_and_message(tmp_path):
-    cfg = tiny_cfg("checkpoint.every=1")
+    cfg = tiny_cfg("checkpoint.every_frames=32", "validation.enabled=false")
     src = SyntheticBatches(4, 8, nan_at=3)  # the 4th batch (steps 4) has NaN goals
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 4 .*lower optim.lr"):
         train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=src)
@@ -141,7 +142,7 @@ def test_nan_loss_stops_with_checkpoint_and_message(tmp_path):
 def test_max_seconds_stops_training_and_exports(tmp_path):
     """A time limit ends the session early with the same outputs as a finished run."""
     cfg = tiny_cfg("schedule.n_frames=1000000000", "schedule.warmup_frames=64", "schedule.max_seconds=1",
-                   "validation.every=0", "checkpoint.every=0")
+                   "validation.enabled=false", "checkpoint.every_frames=0")
     train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 < summary["frames"] < cfg.schedule.n_frames
@@ -151,13 +152,14 @@ def test_max_seconds_stops_training_and_exports(tmp_path):
 
 
 def test_grad_norm_warning(tmp_path):
-    cfg = tiny_cfg("optim.warn_grad_norm=1e-6", "schedule.n_frames=64", "schedule.warmup_frames=32", "logging.every=1", "validation.every=0")
+    cfg = tiny_cfg("optim.warn_grad_norm=1e-6", "schedule.n_frames=64", "schedule.warmup_frames=32", "logging.every_frames=32",
+                   "validation.enabled=false")
     with pytest.warns(RuntimeWarning, match="gradient norm"):
         train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
 
 
 def test_frozen_groups_stay_bit_identical(tmp_path):
-    cfg = tiny_cfg("model.freeze=[cnn,heads]", "schedule.n_frames=128", "validation.every=0")
+    cfg = tiny_cfg("model.freeze=[cnn,heads]", "schedule.n_frames=128", "validation.enabled=false")
     torch.manual_seed(0)
     model = TinyPolicy()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -182,7 +184,7 @@ def test_synthetic_items_are_learnable_and_deterministic():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths_train(tmp_path, precision):
     cfg = tiny_cfg(f"runtime.precision={precision}", "schedule.n_frames=96", "schedule.warmup_frames=32",
-                   "validation.every=0", "logging.every=1")
+                   "validation.enabled=false", "logging.every_frames=32")
     torch.manual_seed(0)
     train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
     recs = metrics(tmp_path / "run")
@@ -221,9 +223,9 @@ def test_config_errors_name_the_setting(override, message):
 
 
 def test_on_validation_sees_every_validation_and_the_result_says_what_was_made(tmp_path):
-    # 8 steps of 32 frames; validation after steps 3 and 6 (every_begin=3), then the final one at step 8
-    cfg = tiny_cfg("schedule.n_frames=256", "schedule.warmup_frames=64", "validation.every_begin=3",
-                   "validation.switch_at=100", "checkpoint.every=0")
+    # 8 steps of 32 frames; validation after steps 3 and 6 (every 96 frames), then the final one at step 8
+    cfg = tiny_cfg("schedule.n_frames=256", "schedule.warmup_frames=64", "validation.every_begin_frames=96",
+                   "validation.switch_at_frames=3200", "checkpoint.every_frames=0")
     src = SyntheticBatches(4, 8)
     seen = []
     result = train_policy(cfg, tmp_path / "run", policy=TinyPolicy(), train_data=src, val_data=src.val(),
@@ -240,8 +242,8 @@ def test_on_validation_sees_every_validation_and_the_result_says_what_was_made(t
 
 
 def test_on_validation_can_stop_the_run_cleanly(tmp_path):
-    cfg = tiny_cfg("schedule.n_frames=640", "schedule.warmup_frames=64", "validation.every_begin=2",
-                   "validation.switch_at=100", "checkpoint.every=0")
+    cfg = tiny_cfg("schedule.n_frames=640", "schedule.warmup_frames=64", "validation.every_begin_frames=64",
+                   "validation.switch_at_frames=3200", "checkpoint.every_frames=0")
     src = SyntheticBatches(4, 8)
     seen = []
 

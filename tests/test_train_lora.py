@@ -87,7 +87,7 @@ def test_lora_targets_must_match():
 def test_lora_run_in_the_loop(tmp_path):
     cfg = load_config(TrainConfig, "tiny", [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false",
                                             "model.lora.rank=2", "model.lora.train_groups=[heads]",
-                                            "schedule.n_frames=128", "validation.every=0"])
+                                            "schedule.n_frames=128", "validation.enabled=false"])
     torch.manual_seed(0)
     model = TinyPolicy()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -21,7 +21,8 @@ from aimc.train.config import TrainConfig
 from aimc.train.policy import train_policy
 
 OVERRIDES = [f"model.goal_dim={GOAL_DIM}", "logging.tensorboard=false", "schedule.n_frames=384",
-             "schedule.warmup_frames=64", "checkpoint.every=1", "validation.every=4", "checkpoint.snapshot_every_frames=0"]
+             "schedule.warmup_frames=64", "checkpoint.every_frames=32", "validation.every_frames=128",
+             "checkpoint.snapshot_every_frames=0"]  # tiny: 32 frames per step
 
 def _child(run: str) -> None:
     """The same training in a forked child, slowed down by the batch source so the parent
@@ -83,7 +84,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
 
 def test_resume_mid_sequence_restores_carried_state(tmp_path):
     # 3 chunks per sequence, 2 per step: checkpoints fall in the middle of sequences
-    over = OVERRIDES + ["data.T=12", "optim.trunc_t=4", "schedule.n_frames=256", "validation.every=0"]
+    over = OVERRIDES + ["data.T=12", "optim.trunc_t=4", "schedule.n_frames=256", "validation.enabled=false"]
     cfg = load_config(TrainConfig, "tiny", over)
     torch.manual_seed(0)
     train_policy(cfg, tmp_path / "a", policy=TinyPolicy(), train_data=SyntheticBatches(4, 12))
@@ -127,7 +128,7 @@ def test_a_kill_between_the_two_renames_keeps_the_old_checkpoint(tmp_path):
 def _busy_child(run: str) -> None:
     """Checkpoints every step, as fast as it can: kills land in the middle of writes."""
     torch.set_num_threads(1)
-    cfg = load_config(TrainConfig, "tiny", OVERRIDES + ["schedule.n_frames=100000", "validation.every=0"])
+    cfg = load_config(TrainConfig, "tiny", OVERRIDES + ["schedule.n_frames=100000", "validation.enabled=false"])
     torch.manual_seed(0)
     train_policy(cfg, run, policy=TinyPolicy(), train_data=SyntheticBatches(4, 8))
 

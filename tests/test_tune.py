@@ -188,7 +188,7 @@ def _store(tmp_path: Path) -> list[str]:
     store = make_store(tmp_path / "store")
     make_split(store, val_fraction=0.25, seed=0)
     return [f"data.stores=[{store.root}]", f"model.goal_dim={D}", POLICY, "logging.tensorboard=false",
-            "validation.max_batches=1", "schedule.warmup_frames=32", "checkpoint.every=0"]
+            "validation.max_batches=1", "schedule.warmup_frames=32", "checkpoint.every_frames=0"]
 
 
 def test_pruning_stops_a_trial_at_a_validation(tmp_path):
@@ -197,7 +197,7 @@ def test_pruning_stops_a_trial_at_a_validation(tmp_path):
     base = _store(tmp_path)
     space = space_from_dict({"budget_frames": 320, "params": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}}})
     s = TuneSettings(out_dir=str(tmp_path / "tune"), study_name="prune", n_trials=1, preset="tiny",
-                     overrides=[*base, "validation.every_begin=2", "validation.switch_at=100"])
+                     overrides=[*base, "validation.every_begin_frames=64", "validation.switch_at_frames=3200"])
 
     class AlwaysPrune(optuna.pruners.BasePruner):
         def prune(self, study, trial):

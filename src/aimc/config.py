@@ -59,8 +59,19 @@ def list_presets() -> list[str]:
 
 
 def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a YAML config file (field: value lines)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML config file (field: value lines)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror}); expected a YAML config file") from None
+    if not text:
+        raise ConfigError(f"{path}: the file is empty (an interrupted copy?); expected a YAML config file "
+                          "(field: value lines)")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -261,13 +272,38 @@ def to_dict(cfg: Any) -> dict:
 
 
 def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls`` <- preset YAML (if any) <- dotted overrides."""
+    """Defaults of ``cls`` <- preset YAML (if any) <- dotted overrides.
+
+    A config class may refuse keys of its earlier versions with a classmethod
+    ``refuse_retired_keys(raw, resolved, source)``: it is given the preset file's keys (source: the
+    file) and the overrides' keys (source: "the overrides"), each with the whole resolved dict, and
+    raises :class:`ConfigError` naming the new key."""
     data: dict = {}
+    path = None
     if preset is not None:
-        data = _read_yaml(preset_path(preset))
-    data = _deep_merge(data, parse_overrides(overrides))
-    base = to_dict(cls())
-    return from_dict(cls, _merge_typed(cls, base, data))
+        path = preset_path(preset)
+        data = _read_yaml(path)
+    over = parse_overrides(overrides)
+
+    def named(e: ConfigError) -> ConfigError:  # say which file the value came from
+        if path is None or str(path) in str(e):
+            return e
+        source = f"{path}" + (f" with the overrides {' '.join(overrides)}" if overrides else "")
+        return ConfigError(f"{e} (in the config read from {source})")
+
+    try:
+        resolved = _merge_typed(cls, to_dict(cls()), _deep_merge(data, over))
+    except ConfigError as e:
+        raise named(e) from None
+    refuse = getattr(cls, "refuse_retired_keys", None)
+    if refuse is not None:  # its errors name their source themselves
+        if path is not None:
+            refuse(data, resolved, str(path))
+        refuse(over, resolved, "the overrides (KEY=VALUE)")
+    try:
+        return from_dict(cls, resolved)
+    except ConfigError as e:
+        raise named(e) from None
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from aimc.errors import UserError
 
@@ -66,11 +65,17 @@ def _run(args: argparse.Namespace) -> int:
     goal_frames = None
     if args.goal_video is not None:
         from aimc.agent.video import read_video
+        from aimc.checkpoints.safe_load import check_readable_file
 
-        if not Path(args.goal_video).is_file():
-            raise UserError(f"{args.goal_video}: goal video not found")
-        goal_frames = read_video(args.goal_video)
+        goal_frames = read_video(check_readable_file(args.goal_video, "goal video (an mp4 clip)"))
     agent = build_agent(args, need_text=goal_frames is not None or schedule is not None or args.interactive)
+    if schedule is not None and agent.mineclip is not None:
+        import sys
+
+        from aimc.checkpoints.mineclip import guess_lang, language_warning
+
+        if warning := language_warning({guess_lang(p) for p in schedule.prompts}, agent.mineclip.langs, "prompts"):
+            print(f"warning: {warning}", file=sys.stderr)
     result = play(agent, env_config(args.env, args.env_opt), steps=args.steps, prompts=schedule, goal_frames=goal_frames,
                   video=args.video, seed=args.seed, num_envs=args.num_envs, workers=args.workers,
                   interactive=args.interactive, fps=args.fps, scale=args.scale)

@@ -168,8 +168,18 @@ class VideoWriter:
 
 
 def read_video(path: str | Path) -> np.ndarray:
-    """Decode an mp4 into (N, H, W, 3) uint8 RGB frames."""
+    """Decode an mp4 into (N, H, W, 3) uint8 RGB frames; a file that is not a readable video
+    (text, empty, cut short, no video stream) is a :class:`~aimc.errors.UserError` naming it."""
     import av
 
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    from aimc.errors import UserError
+
+    try:
+        with av.open(str(path)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, ValueError) as e:  # IndexError: no video stream
+        raise UserError(f"{path}: not a readable video ({type(e).__name__}: {e}); is it an mp4 clip, "
+                        "completely copied?") from None
+    if not frames:
+        raise UserError(f"{path}: holds no video frames; is it an mp4 clip, completely copied?")
+    return np.stack(frames)

@@ -1,4 +1,4 @@
-"""``aimc checkpoint ...`` and ``aimc mineclip inspect|embed-text``: look into and use checkpoint files.
+"""``aimc checkpoint ...`` and ``aimc mineclip inspect|embed-text|convert``: look into, use and convert checkpoint files.
 
 (``aimc mineclip train`` and ``aimc prior train`` are training commands: ``aimc.train.embedder_commands``.)
 """
@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from aimc.errors import UserError
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -37,9 +40,11 @@ def _embed_text(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from aimc.checkpoints.mineclip import load_mineclip
+    from aimc.checkpoints.mineclip import guess_lang, language_warning, load_mineclip
 
     model = load_mineclip(args.weights).to(args.device)
+    if warning := language_warning({guess_lang(p) for p in args.prompts}, model.langs, "prompts"):
+        print(f"warning: {warning}", file=sys.stderr)
     with torch.no_grad():
         emb = model.encode_text(list(args.prompts)).float()  # (T, D)
         if args.prior:
@@ -79,6 +84,8 @@ def _inspect_mineclip(args: argparse.Namespace) -> int:
         for key in ("aimc_mineclip_config", "aimc_prior_config"):
             if key in meta:
                 info["config"] = json.loads(meta[key])
+        if "aimc_mineclip_config" in meta:
+            info.update(_mineclip_langs(meta, False, path))
     else:
         obj = load_torch_file(path)
         if isinstance(obj, dict) and ("state_dict" in obj or any(str(k).startswith("model.") for k in obj)):
@@ -90,6 +97,9 @@ def _inspect_mineclip(args: argparse.Namespace) -> int:
             pos = sd.get("image_encoder.pos_embed")
             if pos is not None:
                 info["vision_tokens_width"] = list(pos.shape)
+            if "aimc_mineclip_config" in obj:
+                info["config"] = json.loads(obj["aimc_mineclip_config"])
+            info.update(_mineclip_langs(obj, True, path))
         else:
             from aimc.checkpoints.prior import config_from_state_dict
 
@@ -99,6 +109,37 @@ def _inspect_mineclip(args: argparse.Namespace) -> int:
                     "config": vars(config_from_state_dict(sd, str(path)))}
     info["md5"] = md5sum(path)
     print(json.dumps(info, indent=1))
+    return 0
+
+
+def _mineclip_langs(record: dict, official_layout: bool, path: Path) -> dict:
+    """The languages a MineCLIP file was trained on, how that is known, and what it was fine-tuned from."""
+    from aimc.checkpoints.mineclip import INIT_METADATA_KEY, recorded_langs
+
+    langs, source = recorded_langs(record, official_layout, path)
+    why = {
+        "recorded": "recorded by aimc when it trained the model",
+        "official": "official-format file without aimc's record: the official MineCLIP, English only "
+                    "(OpenAI CLIP text encoder, English captions)",
+        "unknown": "not recorded (written before aimc recorded languages)",
+    }[source]
+    out = {"languages": list(langs) if langs is not None else None, "languages_source": why}
+    if isinstance(record.get(INIT_METADATA_KEY), str):
+        out["fine_tuned_from"] = json.loads(record[INIT_METADATA_KEY])
+    return out
+
+
+def _convert_mineclip(args: argparse.Namespace) -> int:
+    from aimc.checkpoints.mineclip import describe_langs, load_mineclip, md5sum, save_mineclip
+    from aimc.models.mineclip import MineCLIPConfig
+
+    src, dst = Path(args.input), Path(args.output)
+    if src.resolve() == dst.resolve():
+        raise UserError(f"{dst}: output is the input file; name another file")
+    model = load_mineclip(src)
+    save_mineclip(model, dst)
+    print(f"wrote {dst} (MineCLIP {'official' if model.cfg == MineCLIPConfig.official() else 'custom'} architecture, "
+          f"languages: {describe_langs(model.langs)}, md5 {md5sum(dst)})")
     return 0
 
 
@@ -129,7 +170,7 @@ def register(cli) -> None:
     )
     p.add_argument("--no-model-file", action="store_true", help="with .weights output, do not write <stem>.model")
 
-    cli.group("mineclip", help="MineCLIP: embed text and gameplay, inspect checkpoints")
+    cli.group("mineclip", help="MineCLIP: train or fine-tune, embed text, inspect and convert checkpoints")
     p = cli.command("mineclip embed-text", help="embed prompts with MineCLIP (optionally through the prior)", run=_embed_text)
     p.add_argument("prompts", nargs="+", help="one or more prompts")
     p.add_argument("--weights", required=True, help="MineCLIP checkpoint (official attn.pth or aimc .safetensors)")
@@ -139,5 +180,10 @@ def register(cli) -> None:
     p.add_argument("--out", default=None, help="write the (T, D) float32 array to this .npy file (default: print a summary)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
 
-    p = cli.command("mineclip inspect", help="show a MineCLIP or prior checkpoint's format, sizes and checksum", run=_inspect_mineclip)
+    p = cli.command("mineclip convert", help="write a MineCLIP checkpoint in the other format (.safetensors <-> official .pth)",
+                    run=_convert_mineclip)
+    p.add_argument("input", help="attn.pth or an aimc .safetensors (e.g. RUN/mineclip.safetensors)")
+    p.add_argument("output", help="output file; the suffix picks the format (.pth: official attn.pth layout, or .safetensors)")
+
+    p = cli.command("mineclip inspect", help="show a MineCLIP or prior checkpoint's format, sizes, languages and checksum", run=_inspect_mineclip)
     p.add_argument("checkpoint", help="attn.pth, steve1_prior.pt or an aimc .safetensors")

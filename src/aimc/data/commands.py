@@ -53,6 +53,10 @@ def _run_contractor(args) -> int:
 
     if not args.src and not args.index:
         raise UserError("give a folder of .mp4 + .jsonl recordings, or --index (6xx, 7xx, 8xx, 9xx, 10xx, a URL or a file)")
+    if args.mineclip:  # read once here: a wrong file is one clear error, not a failure per recording
+        from aimc.checkpoints.mineclip import load_mineclip
+
+        load_mineclip(args.mineclip)
     store = _store(args)
     jobs, failed = [], []
     if args.index:

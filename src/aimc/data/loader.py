@@ -38,24 +38,32 @@ _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luminance weights (RGB)
 
 @dataclasses.dataclass
 class AugmentConfig:
-    """Colour augmentation, consistent over time: one random colour transform per sequence."""
+    """Colour augmentation, consistent over time: one random colour transform per sequence,
+    applied to all its frames (the ``data.augment`` section of a training config). Each strength
+    draws its factor uniformly from the range given; 0 turns that part off."""
 
-    enabled: bool = False  # master switch
-    brightness: float = 0.2  # multiply by U[1 - b, 1 + b]
-    contrast: float = 0.2  # scale distance to the mean luminance by U[1 - c, 1 + c]
-    saturation: float = 0.2  # scale distance to the pixel's gray by U[1 - s, 1 + s]
-    hue: float = 0.03  # rotate colours around the gray axis by U[-h, h] of a full turn
-    grayscale_p: float = 0.1  # probability that the whole sequence is turned gray
+    enabled: bool = False
+    """Master switch (off: the frames are used as recorded, whatever the strengths)."""
+    brightness: float = 0.2
+    """Multiply every channel by U[1 - b, 1 + b]; in [0, 1)."""
+    contrast: float = 0.2
+    """Scale each pixel's distance to the sequence's mean luminance by U[1 - c, 1 + c]; in [0, 1)."""
+    saturation: float = 0.2
+    """Scale each pixel's distance to its own gray by U[1 - s, 1 + s]; in [0, 1)."""
+    hue: float = 0.03
+    """Rotate colours around the gray axis by U[-h, h] of a full turn; in [0, 0.5]."""
+    grayscale_p: float = 0.1
+    """Probability that the whole sequence is turned gray; in [0, 1]."""
 
     def __post_init__(self) -> None:
         for name in ("brightness", "contrast", "saturation"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
-                raise ConfigError(f"augment.{name} must be in [0, 1), got {v}")
+                raise ConfigError(f"data.augment.{name} must be in [0, 1), got {v} (0 = no {name} change)")
         if not 0.0 <= self.hue <= 0.5:
-            raise ConfigError(f"augment.hue must be in [0, 0.5], got {self.hue}")
+            raise ConfigError(f"data.augment.hue must be in [0, 0.5] (a fraction of a full colour turn), got {self.hue}")
         if not 0.0 <= self.grayscale_p <= 1.0:
-            raise ConfigError(f"augment.grayscale_p must be in [0, 1], got {self.grayscale_p}")
+            raise ConfigError(f"data.augment.grayscale_p must be in [0, 1] (a probability), got {self.grayscale_p}")
 
 
 def colour_transform(rng: np.random.Generator, cfg: AugmentConfig, mean_luma: float) -> np.ndarray:
@@ -218,6 +226,12 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return self.num_items
 
+    @property
+    def num_windows(self) -> int:
+        """Distinct T-frame windows the items are drawn from (any start >= 15 with
+        ``window="random"``, the fixed windows with ``"chunks"``), over this dataset's episodes."""
+        return int(sum(int(c[-1]) for c in self._cum if len(c)))
+
     def __getstate__(self) -> dict:
         # workers (spawned or forked) open their own episodes and memory maps
         state = dict(self.__dict__)
@@ -306,6 +320,8 @@ class SequenceDataset(Dataset):
                 goal = ep.embedding_rows(uniq)[inv]
         if self.augment.enabled:
             frames = augment_sequence(frames, rng, self.augment)
+            if img_out is not None:  # decoded in place: the batch buffer must hold the augmented frames
+                img_out.numpy()[...] = frames
         first = np.zeros(self.T, dtype=bool)
         first[0] = True
         return {
@@ -413,7 +429,7 @@ def dataset_from_config(
         world_size=world_size,
         start_item=start_item,
         num_items=num_items,
-        augment=getattr(cfg, "augment", False),
+        augment=getattr(cfg, "augment", None),
     )
     kwargs.update(overrides)
     return SequenceDataset(**kwargs)

@@ -349,8 +349,17 @@ class EpisodeStore:
         return self.root / validate_episode_id(episode_id)
 
     def require_exists(self) -> None:
+        """A clear error unless ``root`` is an episode store: a folder with the store marker
+        (``aimc_store.json``) or at least one episode."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: is a file, not an episode store folder (stores are folders written by "
+                             "`aimc data convert ...` or `aimc data generate`)")
         if not self.root.is_dir():
             raise StoreError(f"{self.root}: episode store not found (create one with `aimc data convert ...`)")
+        if not (self.root / STORE_FILE).is_file() and not self.episode_ids():
+            what = "an empty folder" if not any(self.root.iterdir()) else f"a folder without {STORE_FILE} or episodes"
+            raise StoreError(f"{self.root}: not an episode store ({what}); create one with `aimc data convert ...` "
+                             "or `aimc data generate`")
 
     def open(self, episode_id: str) -> Episode:
         p = self.episode_path(episode_id)
@@ -373,7 +382,13 @@ class EpisodeStore:
         """Remove leftovers of interrupted writes. Only call when no writer is running."""
         return clean_tmp_dirs(self.root)
 
+    def create(self) -> None:
+        """Create the store folder and its marker if missing (a clear error if the path is a file)."""
+        self._ensure_root()
+
     def _ensure_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: is a file; an episode store is a folder: give a folder path (it is created)")
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / STORE_FILE
         if not marker.exists():

@@ -129,6 +129,9 @@ def generate_crafter_store(
         raise ValueError(f"episodes must be positive, got {episodes}")
     if workers < 1:
         raise ValueError(f"workers must be positive, got {workers}")
+    from aimc.data.store import EpisodeStore
+
+    EpisodeStore(store_root).create()  # here, not in a worker: a wrong --out is one clear error
     t0 = time.time()
     seeds = [seed + i for i in range(episodes)]
     written = skipped = frames = 0

@@ -1,5 +1,7 @@
 """Reports: one evaluation as markdown, several side by side as a self-contained HTML page.
 
+``aimc compare`` compares folders of one kind: evaluations, or training runs.
+
 ``aimc compare EVAL_A EVAL_B ...`` (e.g. before and after a fine-tune) reads each evaluation
 folder written by ``aimc eval`` (``summary.json``, ``meta.json``, ``results.jsonl``, videos) and
 the training run that produced each model (the closest folder above the weights that holds
@@ -10,6 +12,12 @@ the training run that produced each model (the closest folder above the weights 
   phrasing spread, training curves, and video thumbnails linking to the mp4 files. Everything is
   inline (SVG, CSS, PNG thumbnails as data URIs): the file can be mailed or attached alone.
 * ``report.md``: the same numbers as markdown tables.
+
+``aimc compare RUN_A RUN_B ...`` on training run folders written by ``aimc train``
+(``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``README.md``) writes the same two files
+with the runs' loss, validation and evaluation curves side by side (x = frames), their final
+numbers, and the settings that differ (a diff of the resolved configs). A run still training (no
+``summary.json`` yet) is compared as far as it got.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 
 from aimc.errors import UserError
 from aimc.eval.metrics import difference, rate
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_text, make_dir
 
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -68,8 +76,9 @@ def _find_train_dir(weights: str | None) -> Path | None:
     return None
 
 
-def read_curves(metrics_path: Path, max_points: int = 400) -> dict[str, list[tuple[float, float]]]:
-    """Numeric series of a ``metrics.jsonl`` keyed by name, x = ``step`` (or the line number)."""
+def read_curves(metrics_path: Path, max_points: int = 400, x_key: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """Numeric series of a ``metrics.jsonl`` keyed by name, x = ``x_key`` (``step`` or
+    ``frames``; the line number where a record has none)."""
     series: dict[str, list[tuple[float, float]]] = {}
     try:
         lines = metrics_path.read_text(encoding="utf-8").splitlines()
@@ -82,7 +91,9 @@ def read_curves(metrics_path: Path, max_points: int = 400) -> dict[str, list[tup
             continue
         if not isinstance(rec, dict):
             continue
-        x = rec.get("step", i)
+        x = rec.get(x_key, i)
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            continue
         for k, v in rec.items():
             if k in ("step", "time", "frames", "epoch") or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
@@ -116,7 +127,9 @@ def load_eval_run(path: str | Path, name: str | None = None) -> EvalRun:
             f"{path}: its summary.json is {what}; aimc compare reads evaluation folders: run "
             f"`aimc eval --weights {path / 'final.safetensors'} --suite SUITE --out EVAL` and compare the EVAL folders"
         )
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8")) if (path / "meta.json").is_file() else {}
+    meta = _read_json_file(path / "meta.json", "run `aimc eval` again with a new --out") if (path / "meta.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise UserError(f"{path / 'meta.json'}: not what `aimc eval` writes (a JSON object); run `aimc eval` again with a new --out")
     train_dir = _find_train_dir((meta.get("agent") or {}).get("weights"))
     curves = read_curves(train_dir / "metrics.jsonl") if train_dir else {}
     return EvalRun(name or path.name, path, summary, meta, read_results(path / "results.jsonl"), curves, train_dir)
@@ -234,7 +247,15 @@ def svg_bars(tasks: list[str], runs: list[EvalRun], key: str = "instructed") -> 
     return "".join(out)
 
 
-def svg_curves(name: str, series: list[tuple[str, str, list[tuple[float, float]]]]) -> str:
+def _short(x: float) -> str:
+    """4200000 -> 4.2M, 12500 -> 12.5k, 0.25 -> 0.25 (axis labels)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:g}"
+
+
+def svg_curves(name: str, series: list[tuple[str, str, list[tuple[float, float]]]], x_label: str = "step") -> str:
     """A line chart of one metric for several runs: series = [(run name, colour, points)]."""
     w, h, pad_l, pad_b = 420, 200, 56, 28
     pts_all = [p for _, _, pts in series for p in pts]
@@ -252,8 +273,8 @@ def svg_curves(name: str, series: list[tuple[str, str, list[tuple[float, float]]
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curve" width="{w}" height="{h}" viewBox="0 0 {w} {h}">',
            f'<rect x="{pad_l}" y="10" width="{w - pad_l - 10}" height="{h - pad_b - 10}" fill="#fafafa" stroke="#ccc"/>',
-           f'<text x="{pad_l}" y="{h - 4}" font-size="10" fill="#555">{x0:g}</text>',
-           f'<text x="{w - 10}" y="{h - 4}" font-size="10" text-anchor="end" fill="#555">{x1:g} (step)</text>',
+           f'<text x="{pad_l}" y="{h - 4}" font-size="10" fill="#555">{_short(x0)}</text>',
+           f'<text x="{w - 10}" y="{h - 4}" font-size="10" text-anchor="end" fill="#555">{_short(x1)} ({_esc(x_label)})</text>',
            f'<text x="{pad_l - 4}" y="16" font-size="10" text-anchor="end" fill="#555">{y1:.3g}</text>',
            f'<text x="{pad_l - 4}" y="{h - pad_b}" font-size="10" text-anchor="end" fill="#555">{y0:.3g}</text>',
            f'<text x="{(w + pad_l) / 2:.0f}" y="{h - 4}" font-size="11" text-anchor="middle">{_esc(name)}</text>']
@@ -263,6 +284,9 @@ def svg_curves(name: str, series: list[tuple[str, str, list[tuple[float, float]]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}">'
                    f'<title>{_esc(run_name)}</title></polyline>')
+        if len(pts) <= 40:  # sparse series (evaluations, short runs): a dot per value, a lone value stays visible
+            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"><title>{_esc(run_name)}: '
+                    f'{_short(x)} {_esc(x_label)}, {y:.4g}</title></circle>' for x, y in pts]
     out.append("</svg>")
     return "".join(out)
 
@@ -493,13 +517,306 @@ def compare_markdown(runs: list[EvalRun]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------- what compare reads
+
+ACCEPTS = ("aimc compare reads evaluation folders (written by `aimc eval --out`: summary.json, meta.json, "
+           "results.jsonl) or training run folders (written by `aimc train`: config.yaml, metrics.jsonl, "
+           "summary.json), all of one kind")
+
+
+def _read_json_file(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not readable JSON ({e}); {fix}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); {fix}") from None
+
+
+def run_kind(path: str | Path) -> str:
+    """``"eval"`` for a folder written by ``aimc eval``, ``"train"`` for one written by ``aimc
+    train``; a :class:`UserError` naming the path and what compare accepts for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such folder; {ACCEPTS}")
+    if not path.is_dir():
+        raise UserError(f"{path}: is a file, not a folder; {ACCEPTS}")
+    is_train = (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "summary.json").is_file())
+    sfile = path / "summary.json"
+    if sfile.is_file():
+        fix = ("run `aimc train --resume` on it or compare its evaluations instead" if is_train
+               else "run `aimc eval` again with the same --out to rewrite it")
+        summary = _read_json_file(sfile, fix)
+        if isinstance(summary, dict) and "tasks" in summary:
+            return "eval"
+        if is_train and isinstance(summary, dict) and "frames" in summary:
+            return "train"
+        raise UserError(f"{sfile}: neither an evaluation summary nor a training run's summary; {ACCEPTS}")
+    if is_train:
+        return "train"  # still training (or killed): compared as far as it got
+    if (path / "results.jsonl").is_file() or (path / "meta.json").is_file():
+        raise UserError(
+            f"{path}: no summary.json here; pass the folder that `aimc eval --out` wrote "
+            "(run `aimc eval` again with the same --out to finish or re-summarise it)"
+        )
+    what = "an empty folder" if not any(path.iterdir()) else "neither an evaluation folder nor a training run"
+    raise UserError(f"{path}: {what}; {ACCEPTS}")
+
+
+# ---------------------------------------------------------------------------- training runs
+
+
+@dataclass
+class TrainRun:
+    """One training run folder (``aimc train``), loaded for reporting."""
+
+    name: str
+    path: Path
+    config: dict
+    summary: dict | None  # None while the run has not ended
+    curves: dict[str, list[tuple[float, float]]]  # x = x_key
+    last: dict[str, float]  # the last value of every logged scalar
+    git: str = ""
+    x_key: str = "frames"  # policy runs log frames; prior and embedder runs only steps
+
+    @property
+    def trains(self) -> str:
+        """What the run trained, from its config's sections."""
+        return training_of(self.config)
+
+
+def training_of(config: dict) -> str:
+    """``policy`` (aimc train), ``prior`` (aimc prior train), ``embedder`` (aimc mineclip train)."""
+    if {"data", "model", "optim", "schedule"} <= set(config):
+        return "policy"
+    if "prior" in config and "epochs" in config:
+        return "prior"
+    if "embed_dim" in config and "store" in config:
+        return "embedder"
+    return "unknown"
+
+
+def load_train_run(path: str | Path, name: str | None = None) -> TrainRun:
+    """Read a training run folder: its resolved config, summary, curves and git revision."""
+    import yaml
+
+    path = Path(path)
+    cfile = path / "config.yaml"
+    try:
+        config = yaml.safe_load(cfile.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfile}: not readable YAML ({str(e).splitlines()[0]}); it is the run's resolved config, "
+                        "written by aimc train: compare runs whose folders are intact") from None
+    except OSError as e:
+        raise UserError(f"{cfile}: cannot be read ({e.strerror})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{cfile}: not a training config (a mapping of sections such as data, model, optim)")
+    summary = None
+    if (path / "summary.json").is_file():
+        summary = _read_json_file(path / "summary.json", "it is written when the run ends")
+    x_key = "frames" if training_of(config) == "policy" else "step"
+    curves = read_curves(path / "metrics.jsonl", x_key=x_key)
+    curves.pop("seconds", None)
+    last = {k: pts[-1][1] for k, pts in curves.items()}
+    if summary is not None:
+        last.update({k: v for k, v in (summary.get("last") or {}).items() if isinstance(v, (int, float))})
+    git = ""
+    readme = path / "README.md"
+    if readme.is_file():
+        for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("- git: `"):
+                git = line[len("- git: `"):].rstrip("`")  # the last session's revision
+    return TrainRun(name or path.name, path, config, summary, curves, last, git, x_key)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+_ABSENT = object()
+
+
+def config_diff(configs: list[dict]) -> list[tuple[str, list[Any]]]:
+    """The dotted keys whose values differ between the resolved configs, with each config's value
+    (:data:`_ABSENT` where a config lacks the key, e.g. one written by an older aimc)."""
+    flat = [_flatten(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    out = []
+    for k in keys:
+        values = [f.get(k, _ABSENT) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            out.append((k, values))
+    return out
+
+
+def _fmt_value(v: Any) -> str:
+    if v is _ABSENT:
+        return "(not set)"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt_value(x) for x in v) + "]"
+    return "''" if v == "" else str(v)
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+# metrics shown in the "final numbers" table and as curves, in this order (then eval/mean/*)
+_HEADLINE = ("train/loss", "val/loss", "train/frames_per_s", "train/grad_norm", "train/lr", "sys/gpu_mem_gib")
+_CURVES = ("train/loss", "val/loss", "eval/mean/instructed", "eval/mean/unconditioned", "eval/mean/lift", "train/lr",
+           "train/grad_norm", "train/weight_norm", "train/frames_per_s", "train/uncond_fraction", "sys/gpu_mem_gib")
+
+
+def _run_rows(run: TrainRun) -> dict[str, str]:
+    """One run's overview, as display strings."""
+    s = run.summary
+    last_x = max((p[-1][0] for p in run.curves.values()), default=None)
+    if run.trains != "policy":  # prior and embedder runs write no summary.json
+        status, steps, frames = f"{run.trains} run", last_x, None
+    elif s is None:
+        status, steps, frames = "unfinished (no summary.json yet)", None, last_x
+    else:
+        status = f"stopped: {s['stopped']}" if s.get("stopped") else "finished"
+        steps, frames = s.get("step"), s.get("frames")
+    train_s = s["hours"] * 3600 if s and isinstance(s.get("hours"), (int, float)) else run.last.get("time/train_s")
+    eval_s = (s.get("periodic_seconds") or {}).get("eval") if s else run.last.get("time/eval_total_s")
+    val = run.curves.get("val/loss") or run.curves.get("val_loss") or []
+    best = s.get("best_val_loss") if s else min((v for _, v in val), default=None)
+    return {
+        "status": status,
+        "steps": "-" if steps is None else f"{int(steps):,}",
+        "frames": "-" if frames is None else f"{int(frames):,}",
+        "training time": _fmt_seconds(train_s),
+        "evaluation time": _fmt_seconds(eval_s) if eval_s is not None else "-",
+        "best val loss": "-" if best is None else f"{best:.4f}",
+        "git": run.git or "-",
+    }
+
+
+def _final_metrics(runs: list[TrainRun]) -> list[tuple[str, list[str]]]:
+    names = [k for k in _HEADLINE if any(k in r.last for r in runs)]
+    names += sorted({k for r in runs for k in r.last if k.startswith("eval/mean/")})
+    if not names:  # prior and embedder runs
+        names = sorted({k for r in runs for k in r.last}, key=lambda k: (0 if "loss" in k else 1, k))
+    return [(k, ["-" if k not in r.last else f"{r.last[k]:.4g}" for r in runs]) for k in names]
+
+
+def compare_train_html(runs: list[TrainRun]) -> str:
+    """The comparison page for training runs (curves, final numbers, differing settings)."""
+    title = f"aimc compare: {' vs '.join(r.name for r in runs)} (training runs)"
+    parts = [f"<h1>{_esc(title)}</h1>"]
+    parts.append('<div class="legend">' + "".join(
+        f'<span><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{_esc(r.name)}</span>' for i, r in enumerate(runs)) + "</div>")
+    rows = [_run_rows(r) for r in runs]
+    parts.append("<h2 id=\"runs\">Runs</h2><table><tr><th>run</th>" + "".join(f"<th>{_esc(k)}</th>" for k in rows[0])
+                 + "<th>folder</th></tr>")
+    for r, row in zip(runs, rows):
+        parts.append(f"<tr><td>{_esc(r.name)}</td>" + "".join(f"<td>{_esc(v)}</td>" for v in row.values())
+                     + f"<td>{_esc(r.path)}</td></tr>")
+    parts.append("</table><p class=\"muted\">Training time leaves out the evaluation during training "
+                 "(eval.every_frames), which is listed apart.</p>")
+
+    x_label = runs[0].x_key
+    parts.append(f"<h2 id=\"curves\">Training curves</h2><p>x axis: {_esc(x_label)}"
+                 + (" trained on (comparable across batch sizes and GPU counts). Per-task evaluation curves are in each "
+                    "run's TensorBoard (<code>tb/</code>)." if x_label == "frames" else ".") + "</p>")
+    names = [k for k in _CURVES if any(r.curves.get(k) for r in runs)]
+    if not names:  # prior and embedder runs log their own names: show them all, losses first
+        names = sorted({k for r in runs for k in r.curves}, key=lambda k: (0 if "loss" in k else 1, k))[:12]
+    if names:
+        parts.append('<div class="curves">')
+        for k in names:
+            parts.append(svg_curves(k, [(r.name, PALETTE[i % len(PALETTE)], r.curves.get(k, [])) for i, r in enumerate(runs)],
+                                    x_label=x_label))
+        parts.append("</div>")
+    else:
+        parts.append('<p class="muted">No metrics logged yet (metrics.jsonl is empty).</p>')
+
+    final = _final_metrics(runs)
+    parts.append("<h2 id=\"final\">Final numbers</h2><p>The last logged value of each metric.</p><table><tr><th>metric</th>"
+                 + "".join(f"<th>{_esc(r.name)}</th>" for r in runs) + "</tr>")
+    for k, values in final:
+        parts.append(f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_esc(v)}</td>" for v in values) + "</tr>")
+    parts.append("</table>")
+
+    diff = config_diff([r.config for r in runs])
+    parts.append("<h2 id=\"settings\">Settings that differ</h2>")
+    if diff:
+        parts.append("<p>Every key of the resolved configs (config.yaml) whose value is not the same in all runs.</p>"
+                     "<table><tr><th>setting</th>" + "".join(f"<th>{_esc(r.name)}</th>" for r in runs) + "</tr>")
+        for k, values in diff:
+            parts.append(f"<tr><td><code>{_esc(k)}</code></td>" + "".join(f"<td>{_esc(_fmt_value(v))}</td>" for v in values)
+                         + "</tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p>None: the resolved configs are identical.</p>")
+    return html_page(title, parts)
+
+
+def compare_train_markdown(runs: list[TrainRun]) -> str:
+    names = [r.name for r in runs]
+    lines = [f"# aimc compare: {' vs '.join(names)} (training runs)", "",
+             "Curves (loss, validation, evaluation during training) are in report.html.", "",
+             "## Runs", ""]
+    rows = [_run_rows(r) for r in runs]
+    lines += ["| run | " + " | ".join(rows[0]) + " | folder |", "| --- |" + " --- |" * (len(rows[0]) + 1)]
+    for r, row in zip(runs, rows):
+        lines.append(f"| {r.name} | " + " | ".join(row.values()) + f" | {r.path} |")
+    lines += ["", "Training time leaves out the evaluation during training, listed apart.", "",
+              "## Final numbers", "", "| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(runs)]
+    lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in _final_metrics(runs)]
+    diff = config_diff([r.config for r in runs])
+    lines += ["", "## Settings that differ", ""]
+    if diff:
+        lines += ["| setting | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(runs)]
+        lines += [f"| `{k}` | " + " | ".join(_fmt_value(v).replace("|", "\\|") for v in values) + " |" for k, values in diff]
+    else:
+        lines.append("None: the resolved configs are identical.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- compare
+
+
 def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | None = None) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` comparing the evaluation folders ``paths``."""
+    """Write ``report.html`` and ``report.md`` comparing ``paths``: evaluation folders (``aimc
+    eval``) or training run folders (``aimc train``), all of one kind."""
     if not paths:
-        raise UserError("aimc compare needs at least one evaluation folder")
+        raise UserError(f"aimc compare needs at least one folder; {ACCEPTS}")
     if names and len(names) != len(paths):
         raise UserError(f"--names gives {len(names)} names for {len(paths)} runs")
-    runs = [load_eval_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+    kinds = [run_kind(p) for p in paths]
+    if len(set(kinds)) > 1:
+        label = {"eval": "an evaluation folder", "train": "a training run"}
+        listing = "; ".join(f"{p} is {label[k]}" for p, k in zip(paths, kinds))
+        raise UserError(
+            f"aimc compare compares folders of one kind, got a mix: {listing}. Compare the evaluations together, or "
+            "the training runs together (to compare a run's weights in play, evaluate them first: "
+            "aimc eval --weights RUN/final.safetensors --out EVAL)"
+        )
+    if kinds[0] == "train":
+        runs: list[Any] = [load_train_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+        trained = {r.trains for r in runs}
+        if len(trained) > 1:
+            listing = "; ".join(f"{r.path} trained a {r.trains}" for r in runs)
+            raise UserError(f"aimc compare compares training runs of one kind, got a mix: {listing}. Compare policy "
+                            "runs (aimc train) together, prior runs (aimc prior train) together, embedder runs "
+                            "(aimc mineclip train) together")
+    else:
+        runs = [load_eval_run(p, names[i] if names else None) for i, p in enumerate(paths)]
     seen: dict[str, int] = {}
     for r in runs:  # make names unique (two folders called "eval")
         if r.name in seen:
@@ -507,9 +824,12 @@ def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | Non
             r.name = f"{r.name} ({seen[r.name]})"
         else:
             seen[r.name] = 1
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(out_dir, "folder for report.html and report.md (--out)")
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    atomic_write_text(html_path, compare_html(runs))
-    atomic_write_text(md_path, compare_markdown(runs))
+    if kinds[0] == "train":
+        atomic_write_text(html_path, compare_train_html(runs))
+        atomic_write_text(md_path, compare_train_markdown(runs))
+    else:
+        atomic_write_text(html_path, compare_html(runs))
+        atomic_write_text(md_path, compare_markdown(runs))
     return html_path, md_path

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ import yaml
 from aimc.agent.rollout import Crash, Episode, RolloutCollector, StepRecord
 from aimc.errors import UserError
 from aimc.eval.suite import UNCONDITIONED, Suite, SuccessTracker
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_text, make_dir
 
 
 class EvalAgent(Protocol):
@@ -196,7 +197,13 @@ def _open_meta(out_dir: Path, suite: Suite, agent_desc: dict, settings: dict) ->
     meta_path = out_dir / "meta.json"
     fp = suite_fingerprint(suite)
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{meta_path}: not readable (a copy cut short?), so the results beside it cannot be "
+                            "trusted to be of this suite and model; pick a new --out folder or delete this one")
         if old.get("suite_fingerprint") != fp or old.get("agent") != agent_desc:
             raise UserError(
                 f"{out_dir} holds results of a different suite or model "
@@ -222,17 +229,19 @@ def run_suite(
     video_scale: int = 4,
     max_retries: int = 2,
     progress: bool = True,
+    video_jobs: Callable[[Job], bool] | None = None,
 ) -> Path:
     """Play every job of ``suite`` not yet in ``out_dir/results.jsonl``; returns that path.
 
     num_envs: episodes played at once (the policy's batch). workers: env processes (0 = in this
     process). videos: record the first ``videos`` episodes of every condition. max_retries: an
     episode whose env crashed is replayed from its start this many times, then recorded with
-    ``error``. Summaries are written by :func:`aimc.eval.metrics.write_summary`.
+    ``error``. video_jobs: which episodes to record instead (e.g. one sample episode).
+    Summaries are written by :func:`aimc.eval.report.write_summary`.
     """
     check_measures(suite)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "evaluation's output folder (--out)")
     settings = {"episodes": episodes or suite.episodes, "num_envs": num_envs, "workers": workers}
     _open_meta(out_dir, suite, agent.describe(), settings)
     results_path = out_dir / "results.jsonl"
@@ -280,7 +289,7 @@ def run_suite(
         slot = slots[s]
         for tr in slot.trackers.values():
             tr.update(0, measures)
-        if videos and slot.job.episode < videos:
+        if video_jobs(slot.job) if video_jobs is not None else (videos and slot.job.episode < videos):
             from aimc.agent.video import VideoWriter
 
             slot.video = VideoWriter(out_dir / "videos" / _video_name(slot.job), scale=video_scale)

@@ -14,6 +14,10 @@ A suite is an environment config, a list of tasks and how many episodes to run::
         success: {achievement: place_plant}
         max_steps: 300                 # this task's horizon (optional)
 
+A phrasing's language is its ``lang``, else ``zh`` when it has Chinese characters, else ``en``.
+Which phrasings are played is chosen per run (:func:`choose_phrasings`, ``aimc eval --lang``):
+by default those in the languages the embedder was trained on.
+
 Success rules (``success:``), each true from the first step it holds:
 
 * ``{achievement: NAME}`` - the achievement counter went up (built-in world);
@@ -250,6 +254,12 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
+def _guess_lang(text: str) -> str:
+    from aimc.checkpoints.mineclip import guess_lang
+
+    return guess_lang(text)
+
+
 def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     """Build a :class:`Suite` from parsed YAML, validating every field."""
     if not isinstance(data, dict):
@@ -294,9 +304,12 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         ins = []
         for r in raw_ins:
             if isinstance(r, str) and r.strip():
-                ins.append(Instruction(r.strip(), "zh" if any("\u4e00" <= c <= "\u9fff" for c in r) else "en"))
+                ins.append(Instruction(r.strip(), _guess_lang(r)))
             elif isinstance(r, dict) and isinstance(r.get("text"), str) and r["text"].strip():
-                ins.append(Instruction(r["text"].strip(), str(r.get("lang", "en"))))
+                lang = str(r.get("lang") or _guess_lang(r["text"]))
+                if not all(part.isalnum() for part in lang.split("-")) or not 2 <= len(lang.split("-")[0]) <= 3:
+                    raise SuiteError(f"{where}: instruction {r['text']!r} has lang {lang!r}; use a language code such as en or zh")
+                ins.append(Instruction(r["text"].strip(), lang))
             else:
                 raise SuiteError(f"{where}: instruction {r!r} must be a string or {{text: ..., lang: ...}}")
         if "success" not in rt:
@@ -316,6 +329,72 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         matrix=matrix, unconditioned=matrix or bool(data.get("unconditioned", False)),
         description=str(data.get("description", "")), source=source,
     )
+
+
+# ---------------------------------------------------------------------------- phrasings
+
+
+def phrasing_langs(suite: Suite) -> list[str]:
+    """Every language the suite's phrasings are in, sorted."""
+    return sorted({i.lang for t in suite.tasks for i in t.instructions})
+
+
+def choose_phrasings(suite: Suite, lang: str = "auto", embedder_langs: tuple[str, ...] | list[str] | None = None) -> tuple[Suite, list[str]]:
+    """The suite with the phrasings to play, and messages worth printing (``note: ...``, ``warning: ...``).
+
+    lang: ``auto`` - the phrasings in the embedder's languages (``embedder_langs``, e.g. ``("en",)``
+    for the official MineCLIP); every phrasing when those are unknown or a task has none in them.
+    ``all`` - every phrasing. ``en``, ``zh``, ``en,zh`` ... - only those (a task without one is an
+    error). Asking for a language the embedder was not trained on gives a warning.
+    """
+    from aimc.checkpoints.mineclip import check_lang_code, language_warning
+
+    have = phrasing_langs(suite)
+    where = suite.source or suite.name
+    lang = (lang or "auto").strip()
+    notes: list[str] = []
+    if lang == "all":
+        wanted = None
+    elif lang == "auto":
+        if embedder_langs is None:
+            return suite, notes
+        wanted = [x for x in have if x in embedder_langs]
+        if wanted == have:
+            return suite, notes
+        if not wanted:
+            notes.append(f"note: {where}: no phrasing is in the embedder's languages ({'/'.join(embedder_langs)}); playing all "
+                         f"of them ({'/'.join(have)})")
+            wanted = None
+    else:
+        wanted = [check_lang_code(x.strip(), "--lang") for x in lang.split(",") if x.strip()]
+        if not wanted:
+            raise SuiteError(f"--lang {lang!r}: name languages such as en, zh or en,zh (or auto, all)")
+        absent = [x for x in wanted if x not in have]
+        if absent:
+            raise SuiteError(f"{where} has no {'/'.join(absent)} phrasings; its phrasings are in {', '.join(have)}")
+    tasks = []
+    kept_all = []
+    for t in suite.tasks:
+        ins = tuple(i for i in t.instructions if wanted is None or i.lang in wanted)
+        if not ins:
+            if lang != "auto":
+                raise SuiteError(
+                    f"{where}: task {t.id!r} has no {'/'.join(wanted or [])} phrasing (it has "
+                    f"{', '.join(sorted({i.lang for i in t.instructions}))}); add one to the suite or choose another --lang"
+                )
+            ins = t.instructions
+            kept_all.append(t.id)
+        tasks.append(Task(t.id, ins, t.success, t.max_steps, dict(t.env), t.description, t.tags))
+    if kept_all:
+        notes.append(f"note: {where}: task(s) {', '.join(kept_all)} have no phrasing in {'/'.join(wanted or [])}; playing all their phrasings")
+    played = sorted({i.lang for t in tasks for i in t.instructions})
+    if lang == "auto":
+        notes.append(f"note: playing the {'/'.join(played)} phrasings of {suite.name} (the embedder knows "
+                     f"{'/'.join(embedder_langs or [])}); --lang all or --lang {','.join(x for x in have if x not in played) or 'LANG'} "
+                     "plays the others")
+    if warning := language_warning(played, embedder_langs):
+        notes.append(f"warning: {warning}")
+    return Suite(**{**suite.__dict__, "tasks": tuple(tasks)}), notes
 
 
 def builtin_suites() -> list[str]:

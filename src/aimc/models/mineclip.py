@@ -481,6 +481,20 @@ class MineCLIP(nn.Module):
         self.temporal_encoder = TemporalPooling(self.cfg)
         self.reward_head = RewardHead(self.cfg, clip_model)
         self.clip_model = clip_model
+        # Languages the text encoder was trained on (("en",) for the official model); None =
+        # unknown. Set by the checkpoint loader and by training; not a tensor, not in state_dict.
+        self.langs: tuple[str, ...] | None = None
+
+    def video_parameters(self) -> list[nn.Parameter]:
+        """Everything that shapes video embeddings and their scores: ViT, temporal pooling, video adapter.
+
+        The rest (text transformer, text adapter, ``logit_scale``) is the text side.
+        """
+        params = [*self.image_encoder.parameters(), *self.temporal_encoder.parameters(),
+                  *self.reward_head.video_adapter.parameters()]
+        if self.reward_head.video_residual_weight is not None:
+            params.append(self.reward_head.video_residual_weight)
+        return params
 
     # -- video ---------------------------------------------------------------------------
     def forward_image_features(self, frames: torch.Tensor) -> torch.Tensor:

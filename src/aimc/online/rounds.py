@@ -338,8 +338,9 @@ def round_sources(cfg: OnlineConfig, tcfg, run: Path, earlier: EarlierData):
     names = ["the labelled steps (mix.online_share)", "the earlier data (--store)"]
     n_online, n_earlier = split_counts(B, [share, 1.0 - share], names)
 
-    def part(stores: list[str], n: int, seed: int, val_split: str):
-        return replace(tcfg, data=replace(tcfg.data, stores=stores, weights=[], val_split=val_split),
+    def part(stores: list[str], n: int, seed: int, validate: bool):
+        return replace(tcfg, data=replace(tcfg.data, stores=stores, weights=[]),
+                       validation=replace(tcfg.validation, enabled=validate and tcfg.validation.enabled),
                        optim=replace(tcfg.optim, batch_size=n), runtime=replace(tcfg.runtime, seed=seed))
 
     lengths = _store_lengths(Path(run) / "store")
@@ -347,10 +348,10 @@ def round_sources(cfg: OnlineConfig, tcfg, run: Path, earlier: EarlierData):
         raise UserError(f"none of the {len(lengths)} labelled episodes so far has T={tcfg.data.T} frames (the train "
                         f"preset's data.T; the longest has {max(lengths, default=0)}), so there is nothing to train on: "
                         "raise collect.max_steps, or set collect.stop_on_success=false if the episodes end by succeeding")
-    online_src, _ = make_sources(part([str(Path(run) / "store")], n_online, tcfg.runtime.seed + 1_000_003, ""))
+    online_src, _ = make_sources(part([str(Path(run) / "store")], n_online, tcfg.runtime.seed + 1_000_003, False))
     if not n_earlier:
         return SplitBatches([("labelled steps", online_src, n_online)]), None
-    earlier_src, val = earlier.get(part([str(s) for s in cfg.stores], n_earlier, tcfg.runtime.seed, tcfg.data.val_split))
+    earlier_src, val = earlier.get(part([str(s) for s in cfg.stores], n_earlier, tcfg.runtime.seed, True))
     return SplitBatches([("earlier data", earlier_src, n_earlier), ("labelled steps", online_src, n_online)]), val
 
 
@@ -364,6 +365,8 @@ def train_round(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim: int, 
     resume = (out / "checkpoints" / "latest" / "state.pt").is_file()
     t0 = time.time()
     train_data, val_data = round_sources(cfg, tcfg, run, earlier)
+    if val_data is None and tcfg.validation.enabled:  # no earlier data (mix.online_share=1): nothing to validate on
+        tcfg = replace(tcfg, validation=replace(tcfg.validation, enabled=False))
     result = train_policy(tcfg, out, resume=resume, train_data=train_data, val_data=val_data)
     return {"weights": str(result.weights), "frames": int(result.frames), "steps": int(result.steps),
             "train_loss": result.last.get("train/loss"), "val_loss": result.last.get("val/loss"),

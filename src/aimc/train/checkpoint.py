@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,10 @@ class Progress:
     best_val_loss: float = float("inf")
     next_snapshot_frames: int = 0
     wall_seconds: float = 0.0
-    """Training time accumulated over all sessions of this run."""
+    """Training time accumulated over all sessions of this run (periodic work such as
+    evaluation not included)."""
+    periodic_seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent in each periodic callback (``eval``: evaluation), over all sessions."""
 
 
 def rng_state() -> dict[str, Any]:

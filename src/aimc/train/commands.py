@@ -1,5 +1,7 @@
 """``aimc train``: train or fine-tune a goal-conditioned policy (``aimc prior train`` and
-``aimc mineclip train`` are registered by their own packages)."""
+``aimc mineclip train`` are registered by their own packages), with the evaluation during
+training of its ``eval`` section (:class:`aimc.eval.periodic.PeriodicEvaluator`; command modules
+may import any library layer below ``quickstart``, see tests/test_layers.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,12 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(TrainConfig, args.preset, overrides)
         run_dir = Path(args.out) if args.out else default_run_dir(cfg, args.preset)
-    result = train_policy(cfg, run_dir, resume=bool(args.resume))
+    periodic = []
+    if cfg.eval.every_frames:  # checked now (suite, embedder, prior files), before any training step
+        from aimc.eval.periodic import PeriodicEvaluator
+
+        periodic.append(PeriodicEvaluator(cfg, run_dir))
+    result = train_policy(cfg, run_dir, resume=bool(args.resume), periodic=periodic)
     print(f"done: {result.weights}  (run directory {run_dir})")
     return 0
 

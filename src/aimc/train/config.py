@@ -6,10 +6,11 @@ A run is described by one :class:`TrainConfig` made of sections, each a dataclas
     model       which architecture, which weights to start from, what to freeze / adapt
     optim       AdamW hyper-parameters, batch shape, accumulation, clipping
     schedule    the learning-rate schedule, driven by frames seen
-    validation  when and on how much of the val split the loss is measured
-    checkpoint  latest / best / snapshot cadence
+    validation  when (in frames) and on how much of the val split the loss is measured
+    checkpoint  latest / best / snapshot cadence (in frames)
     logging     metrics, TensorBoard, progress line
     runtime     device, precision, seed, compile, distributed backend
+    eval        success rates in an environment every N frames, apart from training time
 
 Vocabulary used throughout (the paper's names):
 
@@ -22,16 +23,23 @@ Vocabulary used throughout (the paper's names):
 * a **micro-step** is one chunk of ``batch_size x trunc_t`` frames forward + backward;
   an **optimizer step** (a "step" everywhere in aimc) is ``grad_accum`` micro-steps.
   Frames per optimizer step = ``batch_size x trunc_t x grad_accum x world_size``.
+* every interval (``validation.*_frames``, ``checkpoint.*_frames``, ``logging.every_frames``)
+  counts **frames**, summed over all processes, so a preset means the same whatever the batch
+  shape or the number of GPUs. An interval is due after the optimizer step whose frames cross a
+  multiple of it (:func:`crossed`); the step-counted keys of earlier versions are refused with the
+  new name and the converted value (:meth:`TrainConfig.refuse_retired_keys`).
 
 Presets live in ``aimc/configs/*.yaml`` and list only what differs from these defaults.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from aimc.config import ConfigError
+from aimc.data.loader import AugmentConfig
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FREEZE_GROUPS = ("cnn", "recurrent", "heads", "goal")
@@ -41,6 +49,12 @@ RELABELERS = ("steve1", "events")
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def crossed(frames_before: int, frames_after: int, interval: int) -> bool:
+    """Whether an optimizer step that took the frame count from ``frames_before`` to
+    ``frames_after`` crossed (or reached) a multiple of ``interval`` (0 = never)."""
+    return interval > 0 and frames_after // interval > frames_before // interval
 
 
 @dataclass
@@ -55,7 +69,8 @@ class DataConfig:
     split: str = "train"
     """Name of the split (written by ``aimc data split``) used for training."""
     val_split: str = "val"
-    """Split used for validation; empty string = no validation."""
+    """Split used for validation (it must exist and hold at least one batch; to train without
+    validation set ``validation.enabled=false``, then no val split is read)."""
     T: int = 640
     """Frames per training sequence."""
     p_uncond: float = 0.1
@@ -81,8 +96,10 @@ class DataConfig:
     switch_start: float = 0.0
     """``relabel=events``: chance that a sequence starts where the demonstrator picked a new
     goal, so that only the goal tells what to do next."""
-    augment: bool = False
-    """Consistent-over-time colour jitter / grayscale on training sequences."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Colour augmentation of training sequences, one random transform per sequence (the same for
+    all its frames): ``data.augment.enabled=true`` switches it on, ``data.augment.brightness`` etc.
+    set the strengths (``data.relabel=steve1`` only)."""
     num_workers: int = 4
     """Loader worker processes (0 = load in the training process)."""
 
@@ -104,6 +121,16 @@ class DataConfig:
         _check(self.jitter >= 0 and self.rarity_power >= 0,
                f"data.jitter and data.rarity_power must be >= 0, got {self.jitter}, {self.rarity_power}")
         _check(0.0 <= self.switch_start <= 1.0, f"data.switch_start must be in [0, 1], got {self.switch_start}")
+        _check(
+            self.val_split.strip() != "",
+            "data.val_split is empty: to train without validation set validation.enabled=false (then no val "
+            "split is read); otherwise name the split to validate on, e.g. data.val_split=val",
+        )
+        _check(
+            self.relabel == "steve1" or not self.augment.enabled,
+            "data.augment.enabled=true applies to data.relabel=steve1 only (event-anchored batches are not "
+            "augmented): set data.augment.enabled=false or data.relabel=steve1",
+        )
         _check(
             self.relabel == "events" or not (self.switch_start or self.standardize),
             "data.switch_start and data.standardize apply to event-anchored goals: set data.relabel=events "
@@ -220,7 +247,8 @@ class ScheduleConfig:
     """Floor of the schedule."""
     max_seconds: float = 0.0
     """Stop this session after so many seconds of training even if n_frames is not reached
-    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames."""
+    (0 = no limit); the weights are exported as at the end. A resumed run goes on to n_frames.
+    Evaluation during training (``eval``) is not counted: it comes on top."""
 
     def __post_init__(self) -> None:
         _check(self.max_seconds >= 0, f"schedule.max_seconds must be >= 0, got {self.max_seconds}")
@@ -236,15 +264,22 @@ class ScheduleConfig:
 
 @dataclass
 class ValidationConfig:
-    """Validation loss on the val split. Intervals count optimizer steps; the original
-    validates often at first (``every_begin`` until ``switch_at``), then every ``every``."""
+    """Validation loss on the val split. Intervals count frames (over all processes); like the
+    original, validation is frequent at first (every ``every_begin_frames`` until
+    ``switch_at_frames``), then every ``every_frames``. Validation runs after the optimizer step
+    whose frames cross a multiple of the interval, and once more at the end."""
 
-    every: int = 250
-    """Validate every this many optimizer steps (0 = only at the end)."""
-    every_begin: int = 25
-    """Interval used before step ``switch_at``."""
-    switch_at: int = 125
-    """Optimizer step at which the interval switches from every_begin to every."""
+    enabled: bool = True
+    """Measure the validation loss (and keep the best weights). ``false`` = no validation: no val
+    split is read. With it on, a missing or too small val split stops the run before it starts."""
+    every_frames: int = 768_000
+    """Validate every this many frames (0 = only at the end). The default is the original's
+    1,000 chunks of 12 x 64 frames."""
+    every_begin_frames: int = 76_800
+    """Interval used until ``switch_at_frames`` frames (the original's 100 chunks)."""
+    switch_at_frames: int = 384_000
+    """Frames after which the interval switches from every_begin_frames to every_frames (the
+    original's 500 chunks; 0 = use every_frames from the start)."""
     max_batches: int = 0
     """Cap on validation batches per run of validation (0 = the whole val split; with
     data.relabel=events, whose val batches are drawn at random, 0 means 4)."""
@@ -252,31 +287,35 @@ class ValidationConfig:
     """Use every n-th val sequence (the original's val_every_nth; data.relabel=steve1 only)."""
 
     def __post_init__(self) -> None:
-        for name in ("every", "every_begin", "switch_at", "max_batches"):
+        for name in ("every_frames", "every_begin_frames", "switch_at_frames", "max_batches"):
             _check(getattr(self, name) >= 0, f"validation.{name} must be >= 0, got {getattr(self, name)}")
         _check(self.every_nth >= 1, f"validation.every_nth must be >= 1, got {self.every_nth}")
 
-    def due(self, step: int) -> bool:
-        """Whether validation runs after optimizer step ``step`` (1-based)."""
-        interval = self.every_begin if step < self.switch_at else self.every
-        return interval > 0 and step % interval == 0
+    def due(self, frames_before: int, frames_after: int) -> bool:
+        """Whether validation runs after the optimizer step that took the frame count from
+        ``frames_before`` to ``frames_after``."""
+        if not self.enabled:
+            return False
+        interval = self.every_begin_frames if frames_before < self.switch_at_frames else self.every_frames
+        return crossed(frames_before, frames_after, interval)
 
 
 @dataclass
 class CheckpointConfig:
-    """What is written under ``RUN_DIR/checkpoints`` and when."""
+    """What is written under ``RUN_DIR/checkpoints`` and when (intervals in frames)."""
 
-    every: int = 250
-    """Write the resumable ``latest`` checkpoint every this many optimizer steps (0 = only at the end)."""
+    every_frames: int = 768_000
+    """Write the resumable ``latest`` checkpoint every this many frames (0 = only at the end);
+    the default is the original's save_freq, 1,000 chunks of 12 x 64 frames."""
     snapshot_every_frames: int = 50_000_000
-    """Keep a weights snapshot every this many frames (0 = none)."""
+    """Keep a weights snapshot every this many frames (0 = none), as ``snapshot_<frames>/``."""
     keep_best: bool = True
     """Keep the weights with the lowest validation loss as ``best``."""
     export: list[str] = field(default_factory=lambda: [".weights", ".safetensors"])
     """Formats of the exported final/best weights (official ``.weights`` and/or ``.safetensors``)."""
 
     def __post_init__(self) -> None:
-        _check(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
+        _check(self.every_frames >= 0, f"checkpoint.every_frames must be >= 0, got {self.every_frames}")
         _check(self.snapshot_every_frames >= 0, "checkpoint.snapshot_every_frames must be >= 0")
         bad = [e for e in self.export if e not in (".weights", ".safetensors")]
         _check(not bad, f"checkpoint.export: unknown format {bad}; use .weights and/or .safetensors")
@@ -287,15 +326,16 @@ class CheckpointConfig:
 class LoggingConfig:
     """Where progress goes."""
 
-    every: int = 10
-    """Log metrics every this many optimizer steps."""
+    every_frames: int = 30_720
+    """Log metrics every this many frames (and after the last step); the default is 10 steps of
+    the default batch (3,072 frames)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to RUN_DIR/tb."""
     progress: bool = True
     """Show a live progress line with ETA (rank 0, interactive terminals)."""
 
     def __post_init__(self) -> None:
-        _check(self.every >= 1, f"logging.every must be >= 1, got {self.every}")
+        _check(self.every_frames >= 1, f"logging.every_frames must be >= 1, got {self.every_frames}")
 
 
 @dataclass
@@ -326,6 +366,53 @@ class RuntimeConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training (``aimc train`` only): every ``every_frames`` frames, the
+    policy plays an evaluation suite as ``aimc eval`` would (same goals from text, same
+    guidance, same world seeds); its success rates go to TensorBoard, ``metrics.jsonl`` and the
+    run's README, and each evaluation folder ``RUN_DIR/evals/frames_<N>/`` keeps the results and a
+    short sample video. Its time is kept apart from training time (see docs/monitoring.md)."""
+
+    every_frames: int = 0
+    """Evaluate every this many frames of training, and once at the end (0 = off)."""
+    suite: str = "crafter-core"
+    """Shipped suite name (crafter-core, steve1-early-game) or a suite YAML file."""
+    episodes: int = 4
+    """Episodes per task and condition (0 = the suite's own count, 30 for crafter-core)."""
+    tasks: list[str] = field(default_factory=list)
+    """Task ids of the suite to play (empty = all)."""
+    max_steps: int = 0
+    """Cap every task's horizon at this many steps (0 = the suite's horizons)."""
+    cond_scale: float = 6.0
+    """Classifier-free guidance scale, as ``aimc eval --cond-scale``."""
+    num_envs: int = 8
+    """Episodes played at once (the policy's batch)."""
+    workers: int = 0
+    """Environment processes (0 = in the training process)."""
+    mineclip: str = ""
+    """Text embedder that turns instructions into goals (MineCLIP ``attn.pth`` or aimc
+    ``.safetensors``); empty = found next to the run directory, as ``aimc eval`` finds it
+    next to the weights."""
+    prior: str = ""
+    """Prior that maps text embeddings to visual goals; empty = found next to the run directory
+    (none found: the text embedding is the goal, as in ``aimc eval``). Actions and prior samples
+    are drawn with ``runtime.seed``; the world seeds are the suite's."""
+    video: bool = True
+    """Keep a sample video of each evaluation (one episode of ``video_task``) and show its
+    frames in TensorBoard."""
+    video_task: str = ""
+    """Task whose first instructed episode is filmed (empty = the first task played)."""
+
+    def __post_init__(self) -> None:
+        for name in ("every_frames", "episodes", "max_steps", "workers"):
+            _check(getattr(self, name) >= 0, f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.num_envs >= 1, f"eval.num_envs must be >= 1, got {self.num_envs}")
+        _check(self.cond_scale >= 0, f"eval.cond_scale must be >= 0, got {self.cond_scale}")
+        _check(not self.video_task or not self.tasks or self.video_task in self.tasks,
+               f"eval.video_task {self.video_task!r} is not one of eval.tasks {self.tasks}")
+
+
+@dataclass
 class TrainConfig:
     """A whole policy training run. See the module docstring for the vocabulary."""
 
@@ -337,6 +424,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = ""
     """Short name of the run (the run-dir README's title)."""
 
@@ -353,3 +441,71 @@ class TrainConfig:
     def frames_per_step(self, world_size: int = 1) -> int:
         """Frames consumed by one optimizer step over all processes."""
         return self.optim.batch_size * self.optim.trunc_t * self.optim.grad_accum * world_size
+
+    def intervals(self) -> dict[str, int]:
+        """The frame intervals this run uses, by config key (for checks and messages)."""
+        v = self.validation
+        out = {"validation.every_frames": v.every_frames} if v.enabled else {}
+        if v.enabled and v.switch_at_frames:
+            out["validation.every_begin_frames"] = v.every_begin_frames
+        return {**out, "checkpoint.every_frames": self.checkpoint.every_frames,
+                "checkpoint.snapshot_every_frames": self.checkpoint.snapshot_every_frames,
+                "logging.every_frames": self.logging.every_frames}
+
+    @classmethod
+    def refuse_retired_keys(cls, raw: dict, resolved: dict, source: str) -> None:
+        """Refuse keys of earlier versions in ``raw`` (a preset's or the overrides' keys), naming
+        ``source``, the new key and, for the step-counted intervals, the value in frames for this
+        run (steps x frames per step, from the ``optim`` section of ``resolved`` and the
+        ``WORLD_SIZE`` that torchrun sets). Called by :func:`aimc.config.load_config`."""
+        problems = []
+        fps, how = _frames_per_step_of(resolved)
+        for old, new in RETIRED_STEP_KEYS.items():
+            section, key = old.split(".")
+            part = raw.get(section)
+            if not isinstance(part, dict) or key not in part:
+                continue
+            value = part[key]
+            text = f"{old} counted optimizer steps; intervals are counted in frames now: write {new} instead"
+            if fps and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                text += (f". For this run ({how} = {fps:,} frames per optimizer step) {old}={value} is "
+                         f"{new}={value * fps}")
+            problems.append(text)
+        data = raw.get("data")
+        if isinstance(data, dict) and "augment" in data and not isinstance(data["augment"], dict):
+            value = data["augment"]
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            problems.append(
+                f"data.augment={shown}: data.augment is a section now: write data.augment.enabled="
+                f"{shown if isinstance(value, bool) else 'true'} (strengths: data.augment.brightness, "
+                "data.augment.contrast, data.augment.saturation, data.augment.hue, data.augment.grayscale_p)"
+            )
+        if problems:
+            body = problems[0] if len(problems) == 1 else "\n  - " + "\n  - ".join(problems)
+            raise ConfigError(f"{source}: {body}")
+
+
+RETIRED_STEP_KEYS = {
+    "validation.every": "validation.every_frames",
+    "validation.every_begin": "validation.every_begin_frames",
+    "validation.switch_at": "validation.switch_at_frames",
+    "checkpoint.every": "checkpoint.every_frames",
+    "logging.every": "logging.every_frames",
+}
+"""Step-counted interval keys of earlier versions -> their frame-counted replacements."""
+
+
+def _frames_per_step_of(resolved: dict) -> tuple[int, str]:
+    """Frames per optimizer step of a resolved (not yet typed) config dict, and how it is made;
+    (0, "") when the optim section is not plain numbers."""
+    optim = resolved.get("optim") if isinstance(resolved, dict) else None
+    try:
+        b, t, g = (int(optim[k]) for k in ("batch_size", "trunc_t", "grad_accum"))  # type: ignore[index]
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except (TypeError, KeyError, ValueError):
+        return 0, ""
+    if min(b, t, g, world) < 1:
+        return 0, ""
+    how = (f"optim.batch_size {b} x optim.trunc_t {t} x optim.grad_accum {g} x {world} "
+           f"process{'es' if world > 1 else ''}")
+    return b * t * g * world, how

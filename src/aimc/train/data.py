@@ -16,7 +16,6 @@ its labelled play beside the earlier data, by an exact frame share).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -74,57 +73,136 @@ class LoaderBatches:
 def make_sources(cfg: TrainConfig, rank: int = 0, world_size: int = 1, *, pin_memory: bool | None = None
                  ) -> tuple[Any, Callable[[], Iterable[dict[str, Any]]] | None]:
     """The training batch source (``batch(k)``, ``describe()``) and a factory of validation
-    batches (None = no validation)."""
+    batches (None when ``validation.enabled`` is false; then no val split is read).
+
+    Checked here, before any training: the train split and (validation on) the val split exist
+    and each holds at least one batch, ``optim.batch_size`` sequences of ``data.T`` frames per
+    process; otherwise a :class:`~aimc.errors.UserError` names the split, the stores and the sizes."""
     if cfg.data.relabel == "events":
-        return event_sources(cfg, rank)
+        return event_sources(cfg, rank, world_size)
     from aimc.data.loader import dataset_from_config
 
     d, B = cfg.data, cfg.optim.batch_size
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    train = dataset_from_config(d, seed=cfg.runtime.seed, rank=rank, world_size=world_size,
-                                num_items=batches_needed(cfg, world_size) * B, goal_dim=cfg.model.goal_dim)
+    try:
+        train = dataset_from_config(d, seed=cfg.runtime.seed, rank=rank, world_size=world_size,
+                                    num_items=batches_needed(cfg, world_size) * B, goal_dim=cfg.model.goal_dim)
+    except UserError as e:
+        raise UserError(f"training split {d.split!r} of {_stores(cfg)}: {e}") from None
     _check_goal_dim(cfg, train.goal_dim)
+    n = train.num_windows
+    _check_batch(cfg, "training", d.split, n, world_size, train.describe(), f"{n} distinct window(s)", _ANY_START)
     source = LoaderBatches(train, B, d.num_workers, pin)
-    if not d.val_split:
+    if not cfg.validation.enabled:
         return source, None
     try:
         val = dataset_from_config(d, split=d.val_split, seed=cfg.runtime.seed + 1, rank=rank,
                                   world_size=world_size, window="chunks", augment=False, goal_dim=cfg.model.goal_dim)
     except UserError as e:
-        warnings.warn(f"no validation: {e}", RuntimeWarning, stacklevel=2)
-        return source, None
+        raise _no_val_split(cfg, e) from None
     nth = cfg.validation.every_nth
-    n_val = len(val) // B
+    idx = list(range(0, len(val), nth))  # this process's val sequences (len(val) is its share)
+    total = val.usable_frames // d.T
+    used = min(-(-total // nth), len(idx) * world_size)  # every nth-th, and what each process gets
+    _check_batch(cfg, "validation", d.val_split, used, world_size, val.describe(),
+                 f"{total} sequence(s)", " (validation cuts its episodes into fixed windows"
+                 + (f"; validation.every_nth={nth} keeps {used} of them)" if nth > 1 else ")"))
+    n_val = len(idx) // B
     if cfg.validation.max_batches:
         n_val = min(n_val, cfg.validation.max_batches)
+    idx = idx[: n_val * B]
 
     def val_batches() -> Iterable[dict[str, Any]]:
-        idx = [i * nth for i in range(len(val)) if i * nth < len(val)][: n_val * B]
         return DataLoader(val, batch_size=B, sampler=idx, num_workers=min(d.num_workers, 2), drop_last=True)
 
     return source, val_batches
 
 
-def event_sources(cfg: TrainConfig, rank: int = 0) -> tuple[Any, Callable[[], Iterable[dict[str, Any]]] | None]:
+def event_sources(cfg: TrainConfig, rank: int = 0, world_size: int = 1
+                  ) -> tuple[Any, Callable[[], Iterable[dict[str, Any]]] | None]:
     """``data.relabel=events``: event-anchored batches of the stores, and validation batches
-    (``validation.max_batches`` of them, default 4) from their ``data.val_split``."""
+    (``validation.max_batches`` of them, default 4) from their ``data.val_split`` (None when
+    ``validation.enabled`` is false). Each split must hold ``optim.batch_size x world_size``
+    non-overlapping ``data.T``-frame sequences."""
     from aimc.data.events import EventGoalBatches
 
     d = cfg.data
     kw = dict(weights=list(d.weights) or None, T=d.T, batch_size=cfg.optim.batch_size, p_uncond=d.p_uncond,
               min_btwn_goals=d.min_btwn_goals, max_btwn_goals=d.max_btwn_goals, jitter=d.jitter,
               rarity_power=d.rarity_power, standardize=d.standardize, switch_start=d.switch_start, rank=rank)
-    train = EventGoalBatches(list(d.stores), split=d.split, seed=cfg.runtime.seed, **kw)
+    try:
+        train = EventGoalBatches(list(d.stores), split=d.split, seed=cfg.runtime.seed, **kw)
+    except UserError as e:
+        raise UserError(f"training split {d.split!r} of {_stores(cfg)}: {e}") from None
     _check_goal_dim(cfg, train.goal_dim)
-    if not d.val_split:
+    n = _event_windows(train, d.T)
+    _check_batch(cfg, "training", d.split, n, world_size, train.describe(), f"{n} distinct window(s)", _ANY_START)
+    if not cfg.validation.enabled:
         return train, None
     try:
         val = EventGoalBatches(list(d.stores), split=d.val_split, seed=cfg.runtime.seed + 1, **kw)
     except UserError as e:
-        warnings.warn(f"no validation: {e}", RuntimeWarning, stacklevel=2)
-        return train, None
+        raise _no_val_split(cfg, e) from None
+    n = _event_windows(val, d.T)
+    _check_batch(cfg, "validation", d.val_split, n, world_size, val.describe(), f"{n} distinct window(s)", _ANY_START)
     n_val = max(1, cfg.validation.max_batches or 4)
     return train, (lambda: (val.batch(k) for k in range(n_val)))
+
+
+_ANY_START = " (a sequence may start at any frame)"
+
+
+def _event_windows(batches: Any, T: int) -> int:
+    """Distinct T-frame windows (one per start frame) of the episodes an EventGoalBatches holds."""
+    return int(sum(max(0, len(f) - T + 1) for f in batches.frames))
+
+
+def _stores(cfg: TrainConfig) -> str:
+    return ", ".join(str(s) for s in cfg.data.stores) or "(no store given: data.stores)"
+
+
+def _no_val_split(cfg: TrainConfig, err: Exception) -> UserError:
+    """A missing / unusable validation split: an error (not a warning), with the ways out."""
+    d = cfg.data
+    why = (" A fine-tune (model.init is set) needs it most: without validation nothing tells when it starts "
+           "to over-fit your recordings, and no best weights are kept.") if cfg.model.init else ""
+    first = d.stores[0] if d.stores else "STORE"
+    return UserError(
+        f"validation split {d.val_split!r} of {_stores(cfg)}: {err}.{why} Set one aside with "
+        f"`aimc data split {first} --val-fraction 0.1`, name another split with data.val_split=NAME, or "
+        "train without validation: validation.enabled=false"
+    )
+
+
+def _check_batch(cfg: TrainConfig, role: str, split: str, sequences: int, world_size: int,
+                 described: dict[str, Any], counted: str, how: str) -> None:
+    """A batch holds optim.batch_size different sequences on each process: the split must offer
+    ``sequences`` >= optim.batch_size x world_size of them (counted as this relabeler and role cut
+    them: any start frame for training and event batches, fixed windows for steve1 validation;
+    ``counted`` and ``how`` say so in the message)."""
+    B, T = cfg.optim.batch_size, cfg.data.T
+    need = B * world_size
+    if sequences >= need:
+        return
+    per_store = "; ".join(f"{s['store']}: {s['eligible']} of {s['episodes']} episodes long enough" for s in
+                          described.get("sources", []))
+    procs = f" x {world_size} processes" if world_size > 1 else ""
+    fixes = [f"add episodes to the {split!r} split (`aimc data split`, e.g. a larger --val-fraction)"
+             if role == "validation" else "record or convert more episodes"]
+    if B > 1 and sequences >= world_size:
+        fixes.append(f"a smaller optim.batch_size (optim.batch_size={sequences // world_size} fits; "
+                     "raise optim.grad_accum to keep the frames per step)")
+    if role == "validation" and cfg.validation.every_nth > 1:
+        fixes.append("validation.every_nth=1")
+    fixes.append("a shorter data.T")
+    if role == "validation":
+        fixes.append("or validation.enabled=false")
+    raise UserError(
+        f"the {role} split {split!r} is too small for one batch: {per_store or _stores(cfg)}; "
+        f"{described.get('usable_frames', 0):,} usable frames make {counted} of data.T={T} frames{how} "
+        f"with data.relabel={cfg.data.relabel}, but one batch needs optim.batch_size={B}{procs} = {need}. "
+        f"Try: {'; '.join(fixes)}"
+    )
 
 
 def _check_goal_dim(cfg: TrainConfig, data_dim: int) -> None:

@@ -4,6 +4,8 @@ TensorBoard tags (the monitoring guide in docs/monitoring.md relies on them):
 
     train/loss  train/lr  train/grad_norm  train/weight_norm  train/frames_per_s
     train/uncond_fraction  val/loss  sys/gpu_mem_gib
+    time/<name>_s  time/<name>_total_s  time/train_s   (periodic work, e.g. name = eval)
+    eval/<task>/instructed[_low|_high]  eval/<task>/unconditioned[_low|_high]  eval/mean/...
 
 Every record in ``metrics.jsonl`` is one JSON object with ``step``, ``frames``,
 ``time`` (seconds since the run started) and the scalars above.
@@ -55,14 +57,15 @@ class MetricsLogger:
             atomic_write_text(path, "".join(line + "\n" for line in keep))
         self._jsonl = open(path, "a", encoding="utf-8")
         if cfg.progress and sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
+            # the ETA is ours (training time only: periodic evaluation is left out), not rich's
             self._bar = Bar(
                 TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
                 transient=False,
             )
-            self._task = self._bar.add_task("train", total=total_frames, completed=start_frames, info="")
+            self._task = self._bar.add_task("train", total=total_frames, completed=start_frames, info="", eta="-:--:--")
             self._bar.start()
 
     def note(self, text: str) -> None:
@@ -96,22 +99,34 @@ class MetricsLogger:
             self._last_line = self._line(progress)
             self._print(self._last_line)
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (spent on periodic work such as evaluation) out of the ETA."""
+        self._t0 += seconds
+
+    def _eta(self, progress: Progress) -> str | None:
+        """Time left at the training speed of this session (periodic work left out)."""
+        rate = (progress.frames - self._f0) / max(time.perf_counter() - self._t0, 1e-9)
+        if rate <= 0 or progress.frames >= self.total_frames:
+            return None
+        eta = (self.total_frames - progress.frames) / rate
+        return f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
+
     def _line(self, progress: Progress) -> str:
         parts = [f"step {progress.step}", f"{progress.frames:,}/{self.total_frames:,} frames"]
         for key, fmt in (("train/loss", "loss {:.4f}"), ("val/loss", "val {:.4f}"), ("train/lr", "lr {:.2e}"),
                          ("train/grad_norm", "gnorm {:.2f}"), ("train/frames_per_s", "{:,.0f} fr/s")):
             if key in self.last:
                 parts.append(fmt.format(self.last[key]))
-        rate = (progress.frames - self._f0) / max(time.perf_counter() - self._t0, 1e-9)
-        if rate > 0 and progress.frames < self.total_frames:
-            eta = (self.total_frames - progress.frames) / rate
-            parts.append(f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+        eta = self._eta(progress)
+        if eta:
+            parts.append(f"ETA {eta}")
         return " | ".join(parts)
 
     def progress(self, progress: Progress) -> None:
         if self._bar is not None:
-            info = " ".join(self._line(progress).split(" | ")[2:5])
-            self._bar.update(self._task, completed=min(progress.frames, self.total_frames), info=info)
+            info = " ".join(p for p in self._line(progress).split(" | ")[2:5] if not p.startswith("ETA"))
+            self._bar.update(self._task, completed=min(progress.frames, self.total_frames), info=info,
+                             eta=self._eta(progress) or "-:--:--")
 
     def finish(self, progress: Progress) -> None:
         if not self.enabled:

@@ -12,7 +12,10 @@ step (:func:`optimizer_step` over :class:`SequenceChunks`) is:
         loss = mean over (B, trunc_t) of -log p(expert action | frames, goal)
         backward(loss / grad_accum)   (DDP all-reduces only on the last micro-step)
     unscale (fp16), gradient norm, stop if the loss is not finite, clip, AdamW step
-then the loop logs, validates, checkpoints.
+then the loop logs, validates, checkpoints: each after the step whose frames cross a multiple of
+its interval (``logging.every_frames``, ``validation.*_frames``, ``checkpoint.*_frames``), and runs
+its periodic work (:class:`Periodic`, e.g. the evaluation of ``aimc train``'s ``eval`` section),
+whose time is kept apart.
 
 Batches come from a source that is stateless by index (batch ``k`` of rank ``r`` is
 always the same), so a run resumes exactly from ``(step, micro-step, carried state,
@@ -24,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +38,7 @@ from torch import nn
 from aimc.errors import UserError
 from aimc.train import checkpoint as ckpt
 from aimc.train import distributed as D
-from aimc.train.config import TrainConfig
+from aimc.train.config import TrainConfig, crossed
 from aimc.train.lora import apply_lora, has_lora, merge_lora
 from aimc.train.optim import (
     freeze_groups,
@@ -156,8 +159,11 @@ def validate(policy: nn.Module, batches: Iterable[dict[str, Any]], cfg: TrainCon
             total += loss
             n += 1
     policy.train(was_training)
-    mean = total / max(n, 1)
-    return float(D.mean_across(mean, info))
+    if n == 0:  # a loss of 0 would look like a perfect model and fix "best" at once
+        raise UserError("validation got no batch: the validation split holds fewer sequences than "
+                        f"optim.batch_size={cfg.optim.batch_size}; add episodes to data.val_split "
+                        f"({cfg.data.val_split!r}) or set validation.enabled=false")
+    return float(D.mean_across(total / n, info))
 
 
 # ----------------------------------------------------------------------------------
@@ -433,6 +439,71 @@ class StopTraining(Exception):
     sees the same numbers on every rank and must decide the same on every rank."""
 
 
+class Periodic(Protocol):
+    """Work done every ``every_frames`` frames of training and once at the end (``every_frames``
+    0: only at the end), on rank 0 while the other ranks wait: e.g. the evaluation
+    ``aimc train`` runs (:class:`aimc.eval.periodic.PeriodicEvaluator`). Its time is kept out of
+    the training time (``TrainResult.seconds``, ``train/frames_per_s``, the ETA and
+    ``schedule.max_seconds``) and logged as ``time/<name>_s`` (``time/<name>_total_s`` summed
+    over the run, ``time/train_s`` the training time so far)."""
+
+    name: str
+    every_frames: int
+
+    def start(self, policy: nn.Module, note: Callable[[str], None]) -> None:
+        """Called once the policy is built, before any training step: check that it fits (and
+        fail now, not hours later); ``note`` prints a line beside the training's output."""
+
+    def __call__(self, policy: nn.Module, step: int, frames: int) -> dict[str, float]:
+        """The work, given the plain policy in eval mode with gradients off and the training's
+        random streams untouched; returns scalars to log at ``frames``. An exception is reported
+        as a warning and training goes on."""
+
+    def close(self) -> None:
+        """Called when training ends (also after an error)."""
+
+
+def run_periodic(periodic: Sequence[Periodic], learner: Learner, progress: ckpt.Progress, log, info: D.DistInfo,
+                 frames_per_step: int, done: dict[str, int], final: bool = False) -> float:
+    """Run the callbacks due after the step that brought training to ``progress.frames`` (with
+    ``final``: every callback that has not run at this frame count); returns the seconds spent,
+    which the caller keeps out of the training time. ``done``: name -> frames of its last run."""
+    import random
+
+    import numpy as np
+
+    spent = 0.0
+    for p in periodic:
+        crossed = p.every_frames and progress.frames // p.every_frames > (progress.frames - frames_per_step) // p.every_frames
+        if done.get(p.name) == progress.frames or not (crossed or final):
+            continue
+        t0 = time.perf_counter()
+        scalars: dict[str, float] = {}
+        if info.is_main:
+            policy = learner.policy
+            was_training, np_state, py_state = policy.training, np.random.get_state(), random.getstate()
+            policy.eval()
+            try:
+                with torch.random.fork_rng(devices=[learner.device] if learner.device.type == "cuda" else []), \
+                        torch.no_grad():
+                    scalars = dict(p(policy, progress.step, progress.frames))
+            except Exception as e:  # noqa: BLE001 - hours of training are not lost to a failed evaluation
+                log.warn(f"{p.name} at {progress.frames:,} frames failed ({type(e).__name__}: {e}); training goes on")
+            finally:
+                policy.train(was_training)
+                np.random.set_state(np_state)
+                random.setstate(py_state)
+        D.barrier(info)
+        dt = time.perf_counter() - t0
+        done[p.name] = progress.frames
+        progress.periodic_seconds[p.name] = progress.periodic_seconds.get(p.name, 0.0) + dt
+        spent += dt
+        log.exclude(dt)  # before the line below prints an ETA
+        log.scalars(progress, {**scalars, f"time/{p.name}_s": dt, f"time/{p.name}_total_s": progress.periodic_seconds[p.name],
+                               "time/train_s": progress.wall_seconds})
+    return spent
+
+
 @dataclass
 class TrainResult:
     """What :func:`train_policy` made."""
@@ -442,7 +513,7 @@ class TrainResult:
     best_val_loss: float  # inf when there was no validation
     frames: int  # frames trained on, over all processes and sessions
     steps: int  # optimizer steps
-    seconds: float  # training time over all sessions
+    seconds: float  # training time over all sessions (periodic work such as evaluation not included)
     last: dict[str, float] = field(default_factory=dict)  # the last logged scalars (rank 0), e.g. train/loss
     stopped: bool = False  # an on_validation callback raised StopTraining
 
@@ -494,13 +565,19 @@ def train_policy(
     val_data: Callable[[], Iterable[dict[str, Any]]] | None = None,
     skip_preflight: bool = False,
     on_validation: Callable[[Validation], None] | None = None,
+    periodic: Sequence[Periodic] = (),
 ) -> TrainResult:
     """Train (or resume) a run in ``run_dir``; returns what it made (:class:`TrainResult`).
 
     ``policy`` / ``train_data`` / ``val_data`` default to what ``cfg`` describes; passing
-    them lets benchmarks and tests feed their own model or synthetic batches.
+    them lets benchmarks and tests feed their own model or synthetic batches. With
+    ``validation.enabled`` (the default) validation batches are required: a missing or too small
+    val split, or ``train_data`` given without ``val_data``, stops the run before it starts;
+    ``validation.enabled=false`` trains without (``val_data`` is then not used).
     ``on_validation(Validation)`` is called after every validation (also the final one); it may
-    raise :class:`StopTraining` to end the run early with its outputs written.
+    raise :class:`StopTraining` to end the run early with its outputs written. ``periodic``:
+    work done every N frames and at the end, its time kept apart (:class:`Periodic`; ``aimc
+    train`` passes its evaluator when ``eval.every_frames`` is set).
     """
     from aimc.train import preflight, rundir
     from aimc.train.data import make_sources
@@ -516,6 +593,13 @@ def train_policy(
         D.barrier(info)
         if not skip_preflight:
             preflight.check_static(cfg, run_dir, resume=resume, need_data=train_data is None)
+        if train_data is None:  # the splits are checked here: a missing or too small one stops the run now
+            train_data, val_data = make_sources(cfg, info.rank, info.world_size)
+        if not cfg.validation.enabled:
+            val_data = None
+        elif val_data is None:
+            raise UserError("validation.enabled is true but no validation batches were given (train_policy(..., "
+                            "val_data=...)): pass them, or set validation.enabled=false to train without validation")
         if info.is_main:
             rundir.prepare(run_dir, cfg, resume=resume)
         D.barrier(info)
@@ -526,8 +610,6 @@ def train_policy(
             policy = preflight.friendly_build(cfg, build_policy)
         learner, changes = setup_learner(cfg, policy, info, device,
                                          check_memory=not skip_preflight and not cfg.runtime.skip_preflight_memory)
-        if train_data is None:
-            train_data, val_data = make_sources(cfg, info.rank, info.world_size)
         if info.is_main and not resume and hasattr(train_data, "describe"):
             rundir.note_data(run_dir, train_data.describe(), val_data is not None)
         progress, carried = restore(learner, cfg, ckpt_dir / "latest" if resume else None)
@@ -539,6 +621,19 @@ def train_policy(
                  + (f", {len(changes['frozen'])} frozen tensors" if changes["frozen"] else "")
                  + (f", LoRA on {len(changes['lora'])} layers" if changes["lora"] else "")
                  + f"; {info.world_size} process(es) on {device}, {learner.precision}")
+        frames_per_step = cfg.frames_per_step(info.world_size)
+        for key, interval in cfg.intervals().items():
+            if 0 < interval < frames_per_step and key != "logging.every_frames":
+                log.warn(f"{key}={interval:,} is less than one optimizer step ({frames_per_step:,} frames): it is due "
+                         f"after every step. Intervals count frames, not steps ({interval} steps would be "
+                         f"{key}={interval * frames_per_step})")
+        if info.is_main:
+            for p in periodic:
+                p.start(policy, log.note)
+        if cfg.eval.every_frames and not any(p.name == "eval" for p in periodic):
+            log.warn("eval.every_frames is set but no evaluator was given: `aimc train` runs the evaluation; from "
+                     "Python pass periodic=[aimc.eval.periodic.PeriodicEvaluator(cfg, run_dir)] to train_policy")
+        periodic_done: dict[str, int] = {}
 
         def save_latest(state_to_carry: Any) -> None:
             if info.is_main:
@@ -561,7 +656,6 @@ def train_policy(
 
         stream = SequenceChunks(train_data, policy, cfg.optim.trunc_t, cfg.chunks_per_sequence, device,
                                 micro=progress.micro, carried=carried)
-        frames_per_step = cfg.frames_per_step(info.world_size)
         policy.train()
         session_start = time.perf_counter() - progress.wall_seconds
         t_log, frames_log = time.perf_counter(), progress.frames
@@ -571,6 +665,7 @@ def train_policy(
         limit = cfg.schedule.max_seconds
         t_session = time.perf_counter()
         stopped = False
+        validated_at = -1  # the step of the last validation
         while progress.frames < cfg.schedule.n_frames and not stopped:
             if limit and D.any_across(time.perf_counter() - t_session >= limit, info, device):
                 log.note(f"schedule.max_seconds={limit:g} reached at {progress.frames:,} of {cfg.schedule.n_frames:,} frames")
@@ -588,6 +683,7 @@ def train_policy(
                     "Try a lower optim.lr, runtime.precision=fp32 (or bf16 instead of fp16), "
                     "a smaller optim.max_grad_norm, and check the data (aimc data check)."
                 ) from None
+            before = progress.frames  # intervals are due when a step's frames cross a multiple of them
             progress.step += 1
             progress.frames += frames_per_step
             progress.micro = stream.micro
@@ -596,7 +692,7 @@ def train_policy(
             progress.wall_seconds = time.perf_counter() - session_start
 
             # logging (host syncs only here)
-            if progress.step % cfg.logging.every == 0 or progress.frames >= cfg.schedule.n_frames:
+            if crossed(before, progress.frames, cfg.logging.every_frames) or progress.frames >= cfg.schedule.n_frames:
                 g = float(stats.grad_norm)
                 if g > cfg.optim.warn_grad_norm:
                     log.warn(f"gradient norm {g:.1f} at step {progress.step} (healthy: 0.5-5); "
@@ -617,22 +713,29 @@ def train_policy(
             log.progress(progress)
 
             # validation and best weights
-            if val_data is not None and cfg.validation.due(progress.step):
+            if val_data is not None and cfg.validation.due(before, progress.frames):
                 stopped = validation()
+                validated_at = progress.step
 
-            # checkpoints (resumable latest; weights snapshots every N frames)
-            if cfg.checkpoint.every and progress.step % cfg.checkpoint.every == 0:
-                save_latest(stream.carried)
-            if cfg.checkpoint.snapshot_every_frames and progress.frames >= progress.next_snapshot_frames:
+            # checkpoints (resumable latest; weights snapshots), by frames
+            snap = cfg.checkpoint.snapshot_every_frames
+            if crossed(before, progress.frames, snap):
                 if info.is_main:
                     with atomic_dir(ckpt_dir / f"snapshot_{progress.frames}") as tmp:
                         export_weights(policy, tmp / "policy", cfg.checkpoint.export)
-                progress.next_snapshot_frames += cfg.checkpoint.snapshot_every_frames
+                progress.next_snapshot_frames = (progress.frames // snap + 1) * snap
+            if crossed(before, progress.frames, cfg.checkpoint.every_frames):
+                save_latest(stream.carried)
 
-        # 4. the end: final validation, latest checkpoint, exported weights
-        if val_data is not None and not stopped and not cfg.validation.due(progress.step):
+            # periodic work (evaluation), its time kept out of the training time
+            shift = run_periodic(periodic, learner, progress, log, info, frames_per_step, periodic_done)
+            session_start, t_log, t_session = session_start + shift, t_log + shift, t_session + shift
+
+        # 4. the end: final validation, latest checkpoint, last periodic work, exported weights
+        if val_data is not None and not stopped and validated_at != progress.step:
             stopped = validation()
         save_latest(stream.carried)
+        run_periodic(periodic, learner, progress, log, info, frames_per_step, periodic_done, final=True)
         formats = cfg.checkpoint.export
         final, best = run_dir / f"final{formats[0]}", None
         if info.is_main:
@@ -646,6 +749,8 @@ def train_policy(
         return TrainResult(final, best, progress.best_val_loss, progress.frames, progress.step, progress.wall_seconds,
                            dict(log.last), stopped)
     finally:
+        for p in periodic:
+            p.close()
         D.teardown(info)
 
 

@@ -8,9 +8,10 @@ beta 1, the last 200 pairs as validation, validation samples z like training doe
 Differences: the shuffles are seeded, validation noise is drawn from a fixed generator so
 epochs are compared on the same noise, and the last epoch is saved too.
 
-Data file (``aimc prior train --data``):
+Data files (``aimc prior train --data A [B ...]``, concatenated in order):
 * ``.npz`` with ``text_embeddings`` and ``visual_embeddings``, both float (N, D), row i of
-  one paired with row i of the other (``np.savez(path, text_embeddings=t, visual_embeddings=v)``);
+  one paired with row i of the other (``np.savez(path, text_embeddings=t, visual_embeddings=v)``;
+  ``aimc prior pairs`` writes these, see :mod:`aimc.data.pairs`);
 * or the original ``data.pkl``: a pickled dict of the same two names holding sequences of
   (1, D)/(D,) arrays or lists; read with the plain-data unpickler (no code runs).
 
@@ -26,6 +27,7 @@ import json
 import math
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from aimc.errors import ConfigError, UserError
 from aimc.models.prior import PriorConfig, PriorCVAE
 from aimc.utils.device import autocast as amp_autocast
 from aimc.utils.device import resolve_device
-from aimc.utils.io import atomic_write_bytes, atomic_write_text
+from aimc.utils.io import atomic_write_bytes, atomic_write_text, make_dir
 
 
 @dataclass
@@ -90,15 +92,52 @@ class PriorTrainConfig:
 
 def load_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a pairs file (.npz or the original data.pkl) -> (text (N, D), visual (N, D)) float32."""
+    text, visual, _ = _read_pairs(path)
+    return text, visual
+
+
+def load_pair_files(paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Several pairs files concatenated in order, e.g. the quickstart's pairs plus new ones.
+
+    All must have the same embedding size D; files written by ``aimc prior pairs`` record their
+    embedder (``embedder_sha256``), and two that record different ones are refused too.
+    """
+    if not paths:
+        raise UserError("no pairs file given")
+    texts, visuals = [], []
+    first: tuple[Path, int] | None = None
+    embedder: tuple[Path, str] | None = None
+    for path in map(Path, paths):
+        text, visual, sha = _read_pairs(path)
+        if first is not None and text.shape[1] != first[1]:
+            raise UserError(f"{path}: embeddings of size D={text.shape[1]}, but {first[0]} has D={first[1]}: "
+                            "pairs made with different embedders cannot be mixed; remake one with the other's "
+                            "embedder (aimc prior pairs ... --mineclip EMBEDDER)")
+        if sha and embedder is not None and sha != embedder[1]:
+            raise UserError(f"{path}: made with another embedder (sha256 {sha[:12]}…) than {embedder[0]} "
+                            f"(sha256 {embedder[1][:12]}…): their text and goal embeddings live in different "
+                            "spaces; remake one with the other's embedder (aimc prior pairs ... --mineclip EMBEDDER)")
+        first = first or (path, text.shape[1])
+        embedder = embedder or ((path, sha) if sha else None)
+        texts.append(text)
+        visuals.append(visual)
+    return np.concatenate(texts), np.concatenate(visuals)
+
+
+def _read_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(text (N, D), visual (N, D), the embedder's sha256 if the file records it)."""
     path = check_readable_file(Path(path), "pairs file (.npz or data.pkl)")
+    sha = None
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as f:
                 missing = {"text_embeddings", "visual_embeddings"} - set(f.files)
                 if missing:
                     raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {f.files}. "
-                                    "Write it with np.savez(path, text_embeddings=..., visual_embeddings=...)")
+                                    "Write it with aimc prior pairs, or np.savez(path, text_embeddings=..., visual_embeddings=...)")
                 text, visual = f["text_embeddings"], f["visual_embeddings"]
+                if "embedder_sha256" in f.files:
+                    sha = str(f["embedder_sha256"])
         except UserError:
             raise
         except Exception as e:  # not an .npz archive, truncated, or arrays of Python objects
@@ -112,43 +151,11 @@ def load_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     text, visual = np.asarray(text, np.float32), np.asarray(visual, np.float32)
     if text.ndim != 2 or text.shape != visual.shape:
         raise UserError(f"{path}: text {text.shape} and visual {visual.shape} embeddings must both be (N, D)")
+    if len(text) == 0:
+        raise UserError(f"{path}: holds no pairs (N = 0)")
     if not (np.isfinite(text).all() and np.isfinite(visual).all()):
         raise UserError(f"{path}: embeddings contain NaN or inf")
-    return text, visual
-
-
-def prior_pairs(store_root: str | Path, mineclip, jitter: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(text embedding (N, D), visual goal embedding (N, D)) pairs from every caption of an embedded store.
-
-    The visual side is the goal embedding of the windows ending 0..jitter frames after the
-    caption's last frame (the event and its outcome), so one caption gives several pairs; the
-    text side is ``mineclip``'s embedding of the caption.
-    """
-    from aimc.data.store import EpisodeStore
-    from aimc.models.tokenizer import ClipTokenizer
-
-    store = EpisodeStore(store_root)
-    texts: list[str] = []
-    vis: list[np.ndarray] = []
-    for eid in store.episode_ids():
-        ep = store.open(eid)
-        got = ep.embeddings()
-        if got is None:
-            continue
-        emb, valid = got
-        for a in ep.annotations():
-            for j in range(jitter + 1):
-                f = min(int(a["end"]) - 1 + j, ep.num_frames - 1)
-                if valid[f]:
-                    texts.append(str(a["text"]))
-                    vis.append(np.asarray(emb[f], np.float32))
-    if not texts:
-        raise UserError(f"{store_root}: no captioned frame with a goal embedding; embed the store first")
-    uniq = sorted(set(texts))
-    with torch.no_grad():
-        temb = mineclip.encode_text(ClipTokenizer().tokenize(uniq)).float().numpy()  # (U, D)
-    row = {t: i for i, t in enumerate(uniq)}
-    return temb[[row[t] for t in texts]], np.stack(vis)
+    return text, visual, sha
 
 
 def _stack(seq, where: str) -> np.ndarray:
@@ -219,7 +226,8 @@ def train_prior(
                         f"set prior.input_dim={text_np.shape[1]}")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir, "run directory (--out)")
+    ckpt_dir.mkdir(exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "run.json", json.dumps({"git_revision": _git_revision(), "n_pairs": len(text_np)}) + "\n")
 
@@ -286,4 +294,4 @@ def train_prior(
     return best_path
 
 
-__all__ = ["PriorTrainConfig", "train_prior", "load_pairs", "prior_pairs", "split_pairs"]
+__all__ = ["PriorTrainConfig", "train_prior", "load_pairs", "load_pair_files", "split_pairs"]

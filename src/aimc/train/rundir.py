@@ -6,6 +6,8 @@
                            config highlights, data, and the final metrics when the run ends
         metrics.jsonl      one JSON record per logging interval
         tb/                TensorBoard event files
+        evals/             frames_<N>/: the evaluation at N frames (``eval.every_frames``), an
+                           ``aimc eval`` folder with a sample video
         checkpoints/       latest/ (resumable), best/, snapshot_<frames>/
         final.weights      exported weights (official layout) + final.safetensors (+ .yaml)
         best.weights       the lowest-validation-loss weights, both formats
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aimc.config import load_config, save_config, to_dict
+from aimc.config import ConfigError, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.train.checkpoint import Progress
 from aimc.train.config import TrainConfig
@@ -54,7 +56,13 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise UserError(f"{run_dir}: not a training run directory ({CONFIG_NAME} missing)")
-    return load_config(TrainConfig, path, overrides)
+    try:
+        return load_config(TrainConfig, path, overrides)
+    except ConfigError as e:
+        if str(path) in str(e):
+            raise
+        raise ConfigError(f"{path}: {e} (the run's saved config, or an override given with --resume; "
+                          "a config.yaml cut short by a copy can be restored from a backup)") from None
 
 
 def prepare(run_dir: Path, cfg: TrainConfig, *, resume: bool) -> None:
@@ -99,9 +107,12 @@ def _readme_start(cfg: TrainConfig) -> str:
         "",
         "## Data",
         "",
-        f"- stores: {mixture}; split `{d.split}`, validation `{d.val_split or 'none'}`",
-        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, "
-        f"augmentation {'on' if d.augment else 'off'}",
+        f"- stores: {mixture}; split `{d.split}`, validation "
+        + (f"`{d.val_split}`" if cfg.validation.enabled else "off (validation.enabled=false)"),
+        f"- T {d.T}, p_uncond {d.p_uncond}, goals every {d.min_btwn_goals}-{d.max_btwn_goals} steps, augmentation "
+        + (f"on (brightness {d.augment.brightness:g}, contrast {d.augment.contrast:g}, saturation "
+           f"{d.augment.saturation:g}, hue {d.augment.hue:g}, grayscale_p {d.augment.grayscale_p:g})"
+           if d.augment.enabled else "off"),
         "",
         "## Optimisation",
         "",
@@ -115,6 +126,15 @@ def _readme_start(cfg: TrainConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def append_readme(run_dir: str | Path, text: str) -> None:
+    """Append ``text`` to the run's README (the run only ever appends to it)."""
+    _append(Path(run_dir), text)
 
 
 def _append(run_dir: Path, text: str) -> None:
@@ -131,7 +151,7 @@ def note_data(run_dir: Path, described: dict[str, Any], has_val: bool) -> None:
                      f"share of frames {src['p']:.2f}")
     lines.append(f"- {described.get('usable_frames', 0):,} usable frames, goal dim {described.get('goal_dim')}, "
                  f"action heads {', '.join(described.get('action_keys', []))}")
-    lines.append(f"- validation: {'yes' if has_val else 'none (no val split: run `aimc data split`)'}")
+    lines.append(f"- validation: {'yes' if has_val else 'off (validation.enabled=false)'}")
     _append(run_dir, "\n".join(lines) + "\n")
 
 
@@ -142,12 +162,15 @@ def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, 
     ``stopped``: why the run ended before ``schedule.n_frames`` (e.g. pruned by a search).
     """
     hours = progress.wall_seconds / 3600
+    eval_hours = progress.periodic_seconds.get("eval", 0.0) / 3600
     best = progress.best_val_loss
     text = [
         "",
         f"## Result ({_now()})",
         "",
-        f"- {progress.step:,} optimizer steps, {progress.frames:,} frames, {hours:.2f} h of training",
+        f"- {progress.step:,} optimizer steps, {progress.frames:,} frames, {hours:.2f} h of training"
+        + (f" (+ {_duration(progress.periodic_seconds['eval'])} of evaluation, not counted in it)"
+           if "eval" in progress.periodic_seconds else ""),
     ]
     if "train/loss" in last:
         text.append(f"- final train loss {last['train/loss']:.4f}")
@@ -160,7 +183,8 @@ def finish(run_dir: Path, cfg: TrainConfig, progress: Progress, last: dict[str, 
     text.append(f"- exported: {', '.join(f'`{Path(p).name}`' for p in exported)}")
     text.append("")
     _append(run_dir, "\n".join(text))
-    summary = {"step": progress.step, "frames": progress.frames, "hours": hours,
+    summary = {"step": progress.step, "frames": progress.frames, "hours": hours, "eval_hours": eval_hours,
+               "periodic_seconds": dict(progress.periodic_seconds),
                "best_val_loss": None if best == float("inf") else best, "last": last,
                "exported": exported, "stopped": stopped or None, "config": to_dict(cfg)}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")

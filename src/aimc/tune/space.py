@@ -117,7 +117,10 @@ def check_against_schema(space: SearchSpace, preset: str | None, base_overrides:
 
     from aimc.models.vpt import PolicyConfig
 
-    load_config(TrainConfig, preset, base_overrides)  # the base itself loads
+    base = load_config(TrainConfig, preset, base_overrides)  # the base itself loads
+    if space.objective == "val_loss" and not base.validation.enabled:
+        raise _fail(space.source, "objective val_loss needs validation, but the trials' config sets "
+                    "validation.enabled=false: keep validation on or choose another objective")
     policy_fields = {f.name for f in dataclasses.fields(PolicyConfig)}
     for p in space.params:
         parts = p.key.split(".")

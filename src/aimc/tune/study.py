@@ -70,8 +70,9 @@ def _open_storage(settings: TuneSettings):
     from optuna.storages import RDBStorage
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    out = Path(settings.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from aimc.utils.io import make_dir
+
+    out = make_dir(settings.out_dir, "study folder (--out)")
     spec = settings.storage or "sqlite"
     if spec == "journal" or spec.endswith(".journal"):
         path = out / "study.journal" if spec == "journal" else Path(spec)
@@ -201,7 +202,7 @@ def training_objective(space: SearchSpace, settings: TuneSettings, log: Callable
         if space.objective == "val_loss":
             if not math.isfinite(result.best_val_loss):
                 raise UserError("objective val_loss needs validation: give the stores a val split (aimc data split) "
-                                "and keep validation on")
+                                "and keep validation on (validation.enabled=true)")
             value = result.best_val_loss
         else:
             value = evaluate_weights(space, result.weights, run_dir / "eval")

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from aimc.errors import UserError
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -34,7 +36,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a file name to write (e.g. {path / ('output' + path.suffix)})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder should be
+        raise UserError(f"{path}: cannot create its folder {path.parent} ({e.strerror}); choose another path") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -48,6 +55,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def make_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) if missing; a :class:`~aimc.errors.UserError`
+    naming it when it, or a parent, is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; the {what} is a folder: give a folder path (it is created)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot create the {what} ({e.strerror}); choose another path") from None
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

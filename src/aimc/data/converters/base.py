@@ -90,7 +90,7 @@ def run_jobs(
     go into the summary and the quarantine list too. Run from one process per store at a time.
     """
     t0 = time.time()
-    store.root.mkdir(parents=True, exist_ok=True)
+    store.create()
     store.clean_tmp()  # leftovers of an interrupted earlier run
     results: list[JobResult] = list(pre_failed)
     todo: list[Job] = []

@@ -46,6 +46,8 @@ def find_recordings(folder: str | Path) -> tuple[list[Job], list[JobResult]]:
         raise UserError(f"{folder}: not a folder of contractor recordings (.mp4 + .jsonl pairs)")
     videos = {p.with_suffix(""): p for p in folder.rglob("*.mp4")}
     logs = {p.with_suffix(""): p for p in folder.rglob("*.jsonl")}
+    if not videos and not logs:
+        raise UserError(f"{folder}: no contractor recordings found in this folder or below (x.mp4 + x.jsonl pairs)")
     jobs, failed = [], []
     for stem in sorted(set(videos) | set(logs)):
         eid = stem.name

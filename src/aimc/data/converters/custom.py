@@ -51,6 +51,9 @@ def find_custom_episodes(folder: str | Path) -> tuple[list[Job], list[JobResult]
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder (expected episode folders with a video + actions.jsonl)")
     dirs = [folder] if _is_episode_dir(folder) else sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not any(_is_episode_dir(d) for d in dirs):
+        raise UserError(f"{folder}: no episode folders found here or directly below (each holds a video or frames/ "
+                        "and actions.jsonl; see docs/data.md)")
     jobs, failed = [], []
     for d in dirs:
         if not _is_episode_dir(d):

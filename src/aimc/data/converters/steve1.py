@@ -36,6 +36,9 @@ def find_episodes(folder: str | Path) -> tuple[list[Job], list[JobResult]]:
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder of STEVE-1 episodes")
     dirs = sorted({p.parent for name in EPISODE_FILES for p in folder.rglob(name)})
+    if not dirs:
+        raise UserError(f"{folder}: no STEVE-1 episodes found in this folder or below (episode folders hold "
+                        f"{', '.join(EPISODE_FILES)})")
     jobs, failed = [], []
     for d in dirs:
         missing = [f for f in EPISODE_FILES if not (d / f).is_file()]
