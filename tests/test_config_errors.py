@@ -38,6 +38,12 @@ BAD = [
     ("aimc.data.loader", "AugmentConfig", {"hue": 0.9}, "data.augment.hue"),
     ("aimc.data.store", "VideoSettings", {"chunk_frames": 0}, "video.chunk_frames"),
     ("aimc.data.mixture", "MixtureSource", {"store": "s", "weight": -1.0}, "weight"),
+    ("aimc.online.config", "OnlineAgentConfig", {"cond_scale": -1.0}, "agent.cond_scale"),
+    ("aimc.online.config", "OnlineCollectConfig", {"episodes": 0}, "collect.episodes"),
+    ("aimc.online.config", "MixConfig", {"online_share": 0.0}, "mix.online_share"),
+    ("aimc.online.config", "OnlineTrainConfig", {"frames_per_round": 0}, "train.frames_per_round"),
+    ("aimc.online.config", "OnlineValidateConfig", {"episodes": -1}, "validate.episodes"),
+    ("aimc.online.config", "OnlineConfig", {"rounds": 0}, "rounds must be >= 1"),
 ]
 
 
