@@ -18,13 +18,13 @@ other environment with the same interface (the callable receives the remaining c
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from aimc.errors import UserError
+from aimc.utils.plugins import find_factory
 
 
 class EvalEnv(Protocol):
@@ -333,16 +333,7 @@ def make_env(cfg: dict) -> EvalEnv:
     """Build an environment from a config dict: ``{"name": ..., **adapter_kwargs}``."""
     cfg = dict(cfg)
     name = str(cfg.pop("name", ""))
-    if name in ENVS:
-        factory = ENVS[name]
-    elif ":" in name:
-        mod_name, attr = name.split(":", 1)
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"env {name!r}: cannot import {attr} from {mod_name} ({e})") from e
-    else:
-        raise UserError(f"unknown env {name!r}; use one of {', '.join(ENVS)} or 'package.module:callable'")
+    factory = find_factory(name, ENVS, "env")
     try:
         return factory(**cfg)
     except TypeError as e:

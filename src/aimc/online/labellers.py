@@ -23,7 +23,6 @@ fact, e.g. a person correcting a replay. Register one with :func:`register` or n
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aimc.errors import UserError
+from aimc.utils.plugins import find_factory
 
 
 @dataclass
@@ -197,16 +197,7 @@ def register(name: str, factory: Callable[..., Labeller]) -> None:
 
 def make_labeller(name: str, options: dict[str, Any] | None = None) -> Labeller:
     """The labeller ``name`` (registered, or ``package.module:callable``) built with ``options``."""
-    if name in LABELLERS:
-        factory = LABELLERS[name]
-    elif ":" in name:
-        mod, attr = name.split(":", 1)
-        try:
-            factory = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"labeller.name {name!r}: cannot import {attr} from {mod} ({e})") from e
-    else:
-        raise UserError(f"unknown labeller {name!r}; use one of {', '.join(LABELLERS)} or 'package.module:callable'")
+    factory = find_factory(name, LABELLERS, "labeller")
     try:
         labeller = factory(**(options or {}))
     except TypeError as e:
