@@ -75,6 +75,48 @@ def test_labeller_labels_the_states_the_agent_reached(tmp_path):
         assert sum(x != y for x, y in zip(reference, stateless)) >= 3  # the demonstrator's state matters
 
 
+def test_expert_share_executes_the_labels_with_that_chance():
+    """DAgger's mixing: with expert_share=1 the world follows the demonstrator's own play (the same
+    frames as the pinned demonstrator playing alone); with 0.5 about half the steps execute the
+    label, the measure says which, and the draws depend on the world seed only."""
+    from aimc.agent.envs import EXPERT_MEASURE, make_env
+
+    seed, goal = 700_003, "collect_wood"
+
+    def play(share: float, agent_seed: int) -> tuple[list, list, list]:
+        env = make_env({"name": "crafter-labelled", "goal": goal, "size": 64, "expert_share": share})
+        frame, m = env.reset(seed)
+        rng = np.random.default_rng(agent_seed)
+        frames, took, labels = [frame], [], [int(m[LABEL_MEASURE])]
+        for _ in range(60):
+            frame, m, done = env.step({"action": int(rng.integers(0, 17))})
+            frames.append(frame)
+            took.append(int(m[EXPERT_MEASURE]))
+            labels.append(int(m[LABEL_MEASURE]))
+            if done:
+                break
+        env.close()
+        return frames, took, labels
+
+    frames, took, _ = play(1.0, 0)
+    assert all(took)
+    env = CrafterEnv(CrafterEnvConfig(size=64))
+    obs, info = env.reset(seed=seed)
+    demo = Demonstrator(env, DemonstratorConfig(noise=0.0), seed=seed)
+    demo.reset(goal)
+    for f in frames[1:]:
+        obs, _, _, _, info = env.step(demo.act(info))
+        demo.observe(info)
+        assert np.array_equal(obs, f)
+    _, took_a, _ = play(0.5, 1)
+    _, took_b, _ = play(0.5, 2)
+    assert took_a == took_b and 0.3 < np.mean(took_a) < 0.7  # the world's stream, not the agent's
+    _, took0, _ = play(0.0, 1)
+    assert not any(took0)
+    with pytest.raises(UserError, match="expert_share"):
+        make_env({"name": "crafter-labelled", "goal": goal, "expert_share": 1.5})
+
+
 def test_labeller_binding_and_errors():
     from aimc.eval.suite import load_suite
     from aimc.online.labellers import Labels, check_labels, labelled_segments, make_labeller
@@ -251,12 +293,13 @@ def _assert_same_run(run: Path, straight: Path) -> None:
     assert all(torch.equal(x[k], y[k]) for k in y)  # nothing lost, nothing repeated: the same weights
 
 
-def _run(run: Path, store: Path, bundle: Path, phases: list | None = None, stop_at: tuple | None = None):
+def _run(run: Path, store: Path, bundle: Path, phases: list | None = None, stop_at: tuple | None = None,
+         extra: tuple = ()):
     from aimc.config import load_config
     from aimc.online.config import OnlineConfig
     from aimc.online.rounds import run_online
 
-    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", f"stores=[{store}]", *RUN_ARGS])
+    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", f"stores=[{store}]", *RUN_ARGS, *extra])
 
     def on_phase(r: int, phase: str) -> None:
         if phases is not None:
@@ -276,6 +319,20 @@ def test_a_run_stopped_between_rounds_continues_with_the_next_round(tmp_path, bu
     phases: list = []
     _run(tmp_path / "run", store, bundle, phases)
     assert phases == [(2, "collect"), (2, "train"), (2, "validate")]
+    _assert_same_run(tmp_path / "run", straight)
+
+
+def test_a_time_budget_starts_no_round_it_cannot_finish_and_a_rerun_continues(tmp_path, bundle, demo, straight):
+    """max_minutes: round 1 always runs; round 2 is not started when the time left is shorter than
+    round 1 took; the README says so, and the same command without the budget adds round 2."""
+    phases: list = []
+    state = _run(tmp_path / "run", demo, bundle, phases, extra=("max_minutes=0.0001",))
+    assert [p for p in phases if p[0] == 2] == [] and sorted(state["rounds"]) == ["1"]
+    assert "max_minutes=0.0001" in state["stopped"] and "round 2 was not started" in state["stopped"]
+    assert "Stopped early: max_minutes" in (tmp_path / "run" / "README.md").read_text()
+    phases.clear()
+    state = _run(tmp_path / "run", demo, bundle, phases)
+    assert phases == [(2, "collect"), (2, "train"), (2, "validate")] and "stopped" not in state
     _assert_same_run(tmp_path / "run", straight)
 
 

@@ -147,6 +147,7 @@ class CrafterExpertEnv(CrafterEvalEnv):
 
 
 LABEL_MEASURE = "label.action"  # the labelling demonstrator's action for the frame just returned
+EXPERT_MEASURE = "label.expert_acted"  # 1: the step that led to this frame executed the label, not the agent's action
 
 
 class CrafterLabelledEnv(CrafterEvalEnv):
@@ -164,12 +165,16 @@ class CrafterLabelledEnv(CrafterEvalEnv):
 
     goal: a demonstrator goal (``aimc.envs.demonstrator.GOALS``). demonstrator:
     ``DemonstratorConfig`` fields (``noise`` defaults to 0: a label is the intended action).
+    expert_share: DAgger's mixing (Ross et al.'s beta): at each step, with this chance, the world
+    executes the demonstrator's action for the current frame instead of the agent's (drawn from
+    a stream seeded by the world seed; the measure ``label.expert_acted`` of the next frame says
+    which). 0 = the agent alone decides where the episode goes.
     """
 
-    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE}
+    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE, EXPERT_MEASURE}
 
     def __init__(self, goal: str, demonstrator: dict | None = None, size: int = 64, max_steps: int = 10_000,
-                 **kwargs: Any) -> None:
+                 expert_share: float = 0.0, **kwargs: Any) -> None:
         from aimc.envs.demonstrator import GOALS, DemonstratorConfig
 
         if goal not in GOALS:
@@ -178,13 +183,19 @@ class CrafterLabelledEnv(CrafterEvalEnv):
         bad = sorted(set(opts) & {"goals", "goal_weights"})
         if bad:
             raise UserError(f"crafter-labelled: demonstrator.{bad[0]} is set by the pinned goal, leave it out")
+        if not 0.0 <= float(expert_share) <= 1.0:
+            raise UserError(f"crafter-labelled: expert_share must be in [0, 1], got {expert_share}")
         super().__init__(size=size, max_steps=max_steps, **kwargs)
         self.goal = goal
         self.demo_config = DemonstratorConfig(**opts)
         self.demo = None
+        self.expert_share = float(expert_share)
+        self._mixing = np.random.default_rng(0)
+        self._label_now = 0
 
     def _label(self, measures: dict[str, float], info: dict) -> dict[str, float]:
-        measures[LABEL_MEASURE] = float(self.demo.act(info))
+        self._label_now = int(self.demo.act(info))
+        measures[LABEL_MEASURE] = float(self._label_now)
         return measures
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -193,12 +204,18 @@ class CrafterLabelledEnv(CrafterEvalEnv):
         obs, info = self.env.reset(seed=int(seed))
         self.demo = Demonstrator(self.env, self.demo_config, seed=int(seed))
         self.demo.reset(self.goal)
-        return np.asarray(obs, dtype=np.uint8), self._label(crafter_measures(info), info)
+        self._mixing = np.random.default_rng([int(seed), 0x6DA6])  # the takeover draws: the world's own stream
+        measures = self._label(crafter_measures(info), info)
+        measures[EXPERT_MEASURE] = 0.0
+        return np.asarray(obs, dtype=np.uint8), measures
 
     def step(self, action: dict[str, int]) -> tuple[np.ndarray, dict[str, float], bool]:
-        obs, _reward, terminated, truncated, info = self.env.step(int(action["action"]))
+        expert = self.expert_share > 0.0 and self._mixing.random() < self.expert_share
+        obs, _reward, terminated, truncated, info = self.env.step(self._label_now if expert else int(action["action"]))
         self.demo.observe(info)
-        return np.asarray(obs, dtype=np.uint8), self._label(crafter_measures(info), info), bool(terminated or truncated)
+        measures = self._label(crafter_measures(info), info)
+        measures[EXPERT_MEASURE] = float(expert)
+        return np.asarray(obs, dtype=np.uint8), measures, bool(terminated or truncated)
 
 
 # ---------------------------------------------------------------------------- MineRL

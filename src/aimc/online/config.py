@@ -80,9 +80,16 @@ class OnlineCollectConfig:
     """Episodes played at once (the policy's batch)."""
     workers: int = 2
     """Env processes (0 = in this process); the built-in labeller runs inside them."""
+    expert_share: list[float] = field(default_factory=list)
+    """DAgger's mixing, one value per round (the last repeats; [] = 0): the chance, at each step,
+    that the labeller's action is executed instead of the agent's, e.g. [1.0, 0.5, 0.25]. Labels
+    are recorded either way; the agent's own states make up the rest. Needs a labeller that can
+    act (crafter-demonstrator can)."""
 
     def __post_init__(self) -> None:
         _check(self.episodes >= 1, f"collect.episodes must be >= 1, got {self.episodes}")
+        _check(all(isinstance(b, (int, float)) and 0.0 <= b <= 1.0 for b in self.expert_share),
+               f"collect.expert_share must be a list of chances in [0, 1] (one per round), got {self.expert_share}")
         _check(self.max_steps >= 0, f"collect.max_steps must be >= 0, got {self.max_steps}")
         _check(self.seed >= 0, f"collect.seed must be >= 0, got {self.seed}")
         _check(self.num_envs >= 1 and self.workers >= 0,
@@ -182,6 +189,11 @@ class OnlineConfig:
     """Earlier data mixed into every round's training (episode stores, e.g. the demonstrations)."""
     rounds: int = 4
     """Rounds to run; raise it and run the same command again to add rounds to a finished run."""
+    max_minutes: float = 0.0
+    """Time budget of this command in minutes (0 = none): after the first round, a round starts
+    only if the time left holds another round as long as the longest so far, and a round's training stops early
+    (``schedule.max_seconds``) to leave time for its validation. Counted from the command's
+    start, so a resumed run gets a fresh budget."""
     suite: str = "crafter-core"
     """Evaluation suite whose tasks (instructions, success rules, env) the rounds use."""
     tasks: list[str] = field(default_factory=list)
@@ -204,10 +216,16 @@ class OnlineConfig:
         _check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.threads >= 0, f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        _check(self.max_minutes >= 0, f"max_minutes must be >= 0 (0 = no time budget), got {self.max_minutes}")
         last = self.collect.seed + self.rounds * self.collect.episodes - 1
         _check(last < TRAIN_WORLDS_END,
                f"collect.seed + rounds x collect.episodes reaches world {last:,}, but training worlds end below "
                f"{TRAIN_WORLDS_END:,} (the evaluation worlds start there): lower collect.seed")
+
+    def expert_share_at(self, round_: int) -> float:
+        """Round ``round_``'s (1-based) chance that the labeller acts instead of the agent."""
+        shares = self.collect.expert_share
+        return float(shares[min(round_, len(shares)) - 1]) if shares else 0.0
 
     def world_seeds(self, round_: int) -> list[int]:
         """The training worlds round ``round_`` (1-based) plays, in order."""

@@ -10,6 +10,10 @@ duties, both small:
   should have taken in the state of frame t, and optionally a mask of the steps it labelled
   (an unlabelled stretch splits the episode; only labelled steps are trained on).
 
+A labeller that can also act (``mixing(env, share) -> env``: the env config in which its own
+action is executed instead of the agent's with chance ``share``) supports DAgger's mixing,
+``collect.expert_share``.
+
 It gets the whole episode as played (:class:`PlayedEpisode`: frames, the agent's actions, the
 goals it acted on, the measures of every frame), so a labeller may work step by step or after the
 fact, e.g. a person correcting a replay. Register one with :func:`register` or name it as
@@ -174,6 +178,10 @@ class CrafterDemonstratorLabeller:
                             f"not env {env.get('name')!r}; pick another labeller.name")
         return {**env, "name": "crafter-labelled", "goal": demonstrator_goal(task, self.goals),
                 "demonstrator": self.demonstrator}
+
+    def mixing(self, env: dict, share: float) -> dict:
+        """The bound env in which the demonstrator's action is executed with chance ``share``."""
+        return {**env, "expert_share": float(share)} if share > 0 else env
 
     def label(self, episode: PlayedEpisode) -> Labels:
         from aimc.agent.envs import LABEL_MEASURE

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +60,7 @@ STATE_FILE = "online.json"
 CONFIG_FILE = "config.yaml"
 PHASES = ("collect", "train", "validate")
 # settings that may differ when a run is continued (everything else must match the saved config)
-CONTINUABLE = {"rounds", "name", "threads"}
+CONTINUABLE = {"rounds", "name", "threads", "max_minutes"}
 
 
 def round_dir(run: Path, r: int) -> Path:
@@ -91,6 +92,11 @@ def plan_collection(cfg: OnlineConfig, suite, labeller, r: int) -> list[CollectJ
     """Round ``r``'s episodes: episode i plays task ``i mod n_tasks`` on world ``world_seeds(r)[i]``,
     with the task's phrasings taking turns; the env is the one the labeller binds."""
     tasks = select_tasks(suite, cfg.tasks)
+    share = cfg.expert_share_at(r)
+    name = getattr(labeller, "name", type(labeller).__name__)
+    if share > 0 and not callable(getattr(labeller, "mixing", None)):
+        raise UserError(f"collect.expert_share asks labeller {name!r} to act in {share:.0%} of round {r}'s steps, but it "
+                        "has no mixing() method (it only labels): set collect.expert_share=[]")
     jobs = []
     for i, seed in enumerate(cfg.world_seeds(r)):
         task = tasks[i % len(tasks)]
@@ -102,6 +108,8 @@ def plan_collection(cfg: OnlineConfig, suite, labeller, r: int) -> list[CollectJ
         text, lang = texts[(i // len(tasks)) % len(texts)]
         horizon = min(task.max_steps, cfg.collect.max_steps) if cfg.collect.max_steps else task.max_steps
         env = labeller.bind({**suite.env, **task.env}, task)
+        if share > 0:
+            env = labeller.mixing(env, share)
         jobs.append(CollectJob(f"r{r:03d}-w{seed:07d}-{task.id}", task, text, lang, seed, env, horizon))
     return jobs
 
@@ -184,7 +192,7 @@ def collect_round(agent, jobs: list[CollectJob], labeller, store, out_dir: Path,
             return None
         job = pending.pop(0)
         slots[s] = {"job": job, "tracker": SuccessTracker(job.task.success, job.horizon), "frames": [], "measures": [],
-                    "actions": {h: [] for h in heads_list}, "goals": []}
+                    "actions": {h: [] for h in heads_list}, "goals": [], "expert_steps": 0}
         return Episode(job.env, job.seed, instruction=job.instruction, horizon=job.horizon, tag=job)
 
     def started(s: int, ep: Episode, frame: np.ndarray, measures: dict) -> None:
@@ -206,7 +214,8 @@ def collect_round(agent, jobs: list[CollectJob], labeller, store, out_dir: Path,
         same = np.all([labels.actions[h] == played.actions[h] for h in heads_list], axis=0)
         row = {"job": job.episode_id, "task": job.task.id, "instruction": job.instruction, "seed": job.seed,
                "steps": len(played), "labelled": int(mask.sum()), "agree": int((same & mask).sum()),
-               "success_step": played.success_step, "stored": stored}
+               "success_step": played.success_step, "stored": stored,
+               "expert_steps": slot["expert_steps"]}
         _append_line(lines_path, row)
         done[job.episode_id] = row
         if on_episode is not None:
@@ -219,6 +228,8 @@ def collect_round(agent, jobs: list[CollectJob], labeller, store, out_dir: Path,
         for h in heads_list:
             slot["actions"][h].append(int(rec.action[h]))
         slot["goals"].append(np.asarray(rec.goal, np.float32))
+        if rec.measures is not None:  # the labeller acted instead of the agent (collect.expert_share)
+            slot["expert_steps"] += int(rec.measures.get("label.expert_acted", 0.0))
         slot["tracker"].update(rec.t + 1, rec.measures)
         succeeded = stop_on_success and slot["tracker"].first_step is not None
         if rec.last or succeeded:
@@ -355,12 +366,16 @@ def round_sources(cfg: OnlineConfig, tcfg, run: Path, earlier: EarlierData):
     return SplitBatches([("earlier data", earlier_src, n_earlier), ("labelled steps", online_src, n_online)]), val
 
 
-def train_round(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim: int, earlier: EarlierData) -> dict:
+def train_round(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim: int, earlier: EarlierData,
+                max_seconds: float = 0.0) -> dict:
     """Continue training from ``init`` on the round's mixture; resumes the round's own training
-    run from its latest checkpoint if a kill interrupted it."""
+    run from its latest checkpoint if a kill interrupted it. ``max_seconds`` > 0 stops the
+    training early (the time budget, ``max_minutes``)."""
     from aimc.train.policy import train_policy
 
     tcfg = round_train_config(cfg, run, r, init, goal_dim)
+    if max_seconds > 0:
+        tcfg = replace(tcfg, schedule=replace(tcfg.schedule, max_seconds=float(max_seconds)))
     out = round_dir(run, r) / "train"
     resume = (out / "checkpoints" / "latest" / "state.pt").is_file()
     t0 = time.time()
@@ -549,6 +564,8 @@ def readme_text(cfg: OnlineConfig, state: dict) -> str:
     if best:
         lines.append(f"Best round: {best['round']} (validation success {rate_text(best.get('success'))}), "
                      f"exported as {', '.join(f'`{Path(p).name}`' for p in best['files'])}.")
+    if state.get("stopped"):
+        lines.append(f"Stopped early: {state['stopped']}.")
     if final:
         lines.append(f"Last round: {final['round']}, exported as {', '.join(f'`{Path(p).name}`' for p in final['files'])}.")
     task_rows = [("0 (start)", init)] if init else []
@@ -722,6 +739,14 @@ def _run_online(cfg: OnlineConfig, run: Path, progress: bool, command: str,
         if on_phase is not None:
             on_phase(r, name)
 
+    started = time.time()
+    budget = cfg.max_minutes * 60.0
+
+    def time_left() -> float:
+        return budget - (time.time() - started) if budget else math.inf
+
+    state.pop("stopped", None)
+    ran = 0  # rounds this command worked on (the first always runs, whatever the budget)
     save()
     if validated and cfg.validate.initial and "initial" not in state:
         phase(0, "validate")
@@ -739,6 +764,14 @@ def _run_online(cfg: OnlineConfig, run: Path, progress: bool, command: str,
         if all(rs.get(p) for p in PHASES if p != "validate" or validated) and rs.get("exported"):
             continue
         head = f"[bold]round {r}/{cfg.rounds}[/]"
+        longest = max((round_seconds(x) for x in state["rounds"].values() if x.get("exported")), default=0.0)
+        if not rs and ran and time_left() < longest:
+            state["rounds"].pop(str(r))
+            state["stopped"] = (f"max_minutes={cfg.max_minutes:g}: {max(0.0, time_left()) / 60:.1f} min left, the "
+                                f"longest round took {longest / 60:.1f} min; round {r} was not started")
+            console.print(f"{head}: not started ({state['stopped']})")
+            break
+        ran += 1
         if not rs.get("collect"):
             phase(r, "collect")
             jobs = plan_collection(cfg, suite, labeller, r)
@@ -756,7 +789,10 @@ def _run_online(cfg: OnlineConfig, run: Path, progress: bool, command: str,
             console.print(f"{head}: training {cfg.train.frames_per_round:,} frames from the current weights "
                           f"({cfg.mix.online_share:.0%} from {sum(x['collect']['labelled'] for x in state['rounds'].values() if x.get('collect')):,} "
                           f"labelled steps of {r} round(s); this round {c['labelled']:,})")
-            rs["train"] = train_round(cfg, run, r, weights_after(cfg, state, r - 1), models.goal_dim, earlier)
+            val_s = state["initial"]["seconds"] if state.get("initial") and validated else 0.0
+            cap = time_left() - 1.2 * val_s if budget else 0.0
+            rs["train"] = train_round(cfg, run, r, weights_after(cfg, state, r - 1), models.goal_dim, earlier,
+                                      max_seconds=max(30.0, cap) if budget else 0.0)
             save()
         formats = rs["train"]["formats"]  # the train preset's checkpoint.export
         if validated and not rs.get("validate"):
