@@ -47,7 +47,7 @@ BAD = [
     ("aimc.online.plan", "RecordConfig", {"episodes": 0}, "record.episodes"),
     ("aimc.online.plan", "StageConfig", {"name": "a b"}, "name must be a short name"),
     ("aimc.online.plan", "ContinualEvalConfig", {"episodes": 0}, "evaluate.episodes"),
-    ("aimc.online.plan", "ContinualPlan", {"frames": 0}, "frames must be > 0"),
+    ("aimc.online.plan", "ContinualConfig", {"frames": 0}, "frames must be > 0"),
 ]
 
 

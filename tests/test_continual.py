@@ -311,6 +311,32 @@ def test_a_stopped_run_continues_without_repeating_or_losing_a_stage(tmp_path, b
         assert len(lines) == 2 + 1  # crafter-core is a matrix suite: 2 instructed + 1 unconditioned episode, each once
 
 
+def test_a_run_stopped_inside_training_resumes_that_training(tmp_path, bundle, stores, straight, monkeypatch):
+    from aimc.train.data import SplitBatches
+
+    plan = write_plan(tmp_path / "plan.yaml", bundle, stores)
+    run = tmp_path / "run"
+    real = SplitBatches.batch
+    seen: list = []
+
+    def batch(self, index):
+        seen.append(index)
+        if self.parts[0][0] == "stage 2 sapling" and index == 1 and not getattr(SplitBatches, "_stopped", False):
+            SplitBatches._stopped = True
+            raise KeyboardInterrupt  # after stage 2's first checkpoint (64 frames)
+        return real(self, index)
+
+    monkeypatch.setattr(SplitBatches, "batch", batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(run, plan)
+    assert (run / "stages" / "02-sapling" / "train" / "checkpoints" / "latest" / "state.pt").is_file()
+    phases: list = []
+    state = _run(run, plan, phases)
+    assert phases == [(2, "train"), (2, "eval")] and state["stages"]["2"]["train"]["resumed"]
+    x, y = load_file(str(run / "final.safetensors")), load_file(str(straight / "final.safetensors"))
+    assert all(torch.equal(x[k], y[k]) for k in y)  # the resumed training ends where the straight one did
+
+
 def test_plan_errors_name_the_file_the_field_and_the_fix(tmp_path, bundle, stores, capsys):
     from aimc.cli import main
     from aimc.online.plan import load_plan

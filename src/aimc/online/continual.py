@@ -45,7 +45,7 @@ from typing import Any
 
 from aimc.config import load_config, save_config, to_dict
 from aimc.errors import UserError
-from aimc.online.plan import RESERVED_WORLDS_START, TRAIN_WORLDS_END, ContinualPlan
+from aimc.online.plan import RESERVED_WORLDS_START, TRAIN_WORLDS_END, ContinualConfig
 from aimc.utils.io import atomic_write_text
 
 STATE_FILE = "continual.json"
@@ -54,22 +54,22 @@ MATRIX_FILE = "forgetting.json"
 CONTINUABLE = {"name", "threads"}
 
 
-def stage_dir(run: Path, plan: ContinualPlan, j: int) -> Path:
+def stage_dir(run: Path, plan: ContinualConfig, j: int) -> Path:
     return Path(run) / "stages" / f"{j:02d}-{plan.stages[j - 1].name}"
 
 
-def eval_dir(run: Path, plan: ContinualPlan, j: int) -> Path:
+def eval_dir(run: Path, plan: ContinualConfig, j: int) -> Path:
     return Path(run) / "eval" / (f"{j:02d}-{plan.stages[j - 1].name}" if j else "00-init")
 
 
-def stage_label(plan: ContinualPlan, j: int) -> str:
+def stage_label(plan: ContinualConfig, j: int) -> str:
     return f"{j} {plan.stages[j - 1].name}" if j else "0 init"
 
 
 # ---------------------------------------------------------------------------- data of a stage
 
 
-def stage_stores(plan: ContinualPlan, run: Path, j: int) -> tuple[list[str], list[float]]:
+def stage_stores(plan: ContinualConfig, run: Path, j: int) -> tuple[list[str], list[float]]:
     """Stage ``j``'s own stores and their mixture weights (empty = by size)."""
     s = plan.stages[j - 1]
     if s.record is not None:
@@ -77,7 +77,7 @@ def stage_stores(plan: ContinualPlan, run: Path, j: int) -> tuple[list[str], lis
     return [str(x) for x in s.stores], list(s.weights)
 
 
-def stage_parts(plan: ContinualPlan, run: Path, j: int) -> list[dict]:
+def stage_parts(plan: ContinualConfig, run: Path, j: int) -> list[dict]:
     """Where stage ``j``'s batches come from: its own data (share ``1 - replay``), then the
     earlier data in equal parts of ``replay`` (``base_stores``, stage 1, ..., stage j-1). Without earlier
     data (stage 1 and no ``base_stores``) the stage's own data fills every batch."""
@@ -93,7 +93,7 @@ def stage_parts(plan: ContinualPlan, run: Path, j: int) -> list[dict]:
     return [{**own, "share": 1.0 - replay}] + [{**e, "share": replay / len(earlier)} for e in earlier]
 
 
-def stage_train_config(plan: ContinualPlan, run: Path, j: int, init: str, goal_dim: int):
+def stage_train_config(plan: ContinualConfig, run: Path, j: int, init: str, goal_dim: int):
     """Stage ``j``'s TrainConfig: the plan's preset and overrides, the stage's overrides, then what
     aimc continual sets (``plan.STAGE_KEYS``). Its saved config.yaml lists the parts as
     data.stores / data.weights (their frame shares); the stage splits each batch exactly."""
@@ -121,7 +121,7 @@ def stage_train_config(plan: ContinualPlan, run: Path, j: int, init: str, goal_d
     )
 
 
-def stage_sources(plan: ContinualPlan, run: Path, j: int, tcfg):
+def stage_sources(plan: ContinualConfig, run: Path, j: int, tcfg):
     """The stage's batches (``SplitBatches`` of its parts, ``split_counts`` sequences each) and
     the validation batches of its own data (None when ``validation.enabled`` is false)."""
     from aimc.train.data import SplitBatches, make_sources, split_counts
@@ -145,7 +145,7 @@ def stage_sources(plan: ContinualPlan, run: Path, j: int, tcfg):
     return SplitBatches(joined), val
 
 
-def record_stage(plan: ContinualPlan, run: Path, j: int, models, suite, progress: bool) -> dict:
+def record_stage(plan: ContinualConfig, run: Path, j: int, models, suite, progress: bool) -> dict:
     """Record, embed and split the stage's episodes (``record:``); resumable."""
     from aimc.data.embed import embed_store
     from aimc.data.split import make_split
@@ -167,7 +167,7 @@ def record_stage(plan: ContinualPlan, run: Path, j: int, models, suite, progress
             "worlds": [seed, seed + rec.episodes - 1], "seconds": time.time() - t0, "recorded": g["written"]}
 
 
-def train_stage(plan: ContinualPlan, run: Path, j: int, init: str, goal_dim: int) -> dict:
+def train_stage(plan: ContinualConfig, run: Path, j: int, init: str, goal_dim: int) -> dict:
     """Continue from ``init`` on the stage's mixture; resumes its own training run after a kill."""
     from aimc.train.policy import train_policy
 
@@ -187,7 +187,7 @@ def train_stage(plan: ContinualPlan, run: Path, j: int, init: str, goal_dim: int
 # ---------------------------------------------------------------------------- evaluation
 
 
-def eval_suite(plan: ContinualPlan, langs=None):
+def eval_suite(plan: ContinualConfig, langs=None):
     """Every stage's tasks of the plan's suite on its evaluation worlds, the phrasings the
     embedder reads (as ``aimc eval --lang auto``)."""
     from aimc.eval.suite import choose_phrasings, load_suite
@@ -212,7 +212,7 @@ def eval_suite(plan: ContinualPlan, langs=None):
     return suite
 
 
-def evaluate(plan: ContinualPlan, suite, agent, out: Path, progress: bool) -> dict:
+def evaluate(plan: ContinualConfig, suite, agent, out: Path, progress: bool) -> dict:
     """The suite played by ``agent`` into ``out`` (an aimc eval folder, resumable); each task's
     instructed and unconditioned success."""
     from aimc.eval.report import write_summary
@@ -230,7 +230,7 @@ def evaluate(plan: ContinualPlan, suite, agent, out: Path, progress: bool) -> di
 # ---------------------------------------------------------------------------- the forgetting matrix
 
 
-def forgetting_matrix(plan: ContinualPlan, state: dict) -> dict:
+def forgetting_matrix(plan: ContinualConfig, state: dict) -> dict:
     """Success of task i after stage j (instructed, Wilson intervals) from the evaluations done so
     far; per task its gain (after the stage that teaches it - before it) and its forgetting
     (best earlier - final, Newcombe interval of the difference); ``None`` where not evaluated yet."""
@@ -286,14 +286,14 @@ def load_state(run: Path) -> dict:
                         "fix it or start a new --out") from e
 
 
-def check_same_plan(run: Path, plan: ContinualPlan) -> None:
+def check_same_plan(run: Path, plan: ContinualConfig) -> None:
     """A run continues only with the plan it started with (``name`` and ``threads`` may change)."""
     path = Path(run) / PLAN_FILE
     if not path.is_file():
         if (Path(run) / STATE_FILE).is_file():
             raise UserError(f"{run}: {STATE_FILE} without {PLAN_FILE}; choose a new --out")
         return
-    old, new = to_dict(load_config(ContinualPlan, path)), to_dict(plan)
+    old, new = to_dict(load_config(ContinualConfig, path)), to_dict(plan)
     diff = [k for k in sorted(set(old) | set(new)) if k not in CONTINUABLE and old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
@@ -308,7 +308,7 @@ def _rate(s: dict | None) -> str:
     return f"{s['successes']}/{s['n']} = {s['rate']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
 
 
-def readme_text(plan: ContinualPlan, state: dict, matrix: dict) -> str:
+def readme_text(plan: ContinualConfig, state: dict, matrix: dict) -> str:
     from aimc.eval.report import forgetting_markdown
 
     stages = state.get("stages", {})
@@ -362,7 +362,7 @@ def readme_text(plan: ContinualPlan, state: dict, matrix: dict) -> str:
 # ---------------------------------------------------------------------------- the run
 
 
-def check_plan_inputs(plan: ContinualPlan) -> None:
+def check_plan_inputs(plan: ContinualConfig) -> None:
     """Everything the plan reads, before anything runs: clear errors naming the file and the fix."""
     from aimc.checkpoints.safe_load import check_readable_file
     from aimc.data.store import EpisodeStore
@@ -396,7 +396,7 @@ def check_plan_inputs(plan: ContinualPlan) -> None:
             raise UserError(f"base_stores: {e}") from None
 
 
-def run_continual(plan: ContinualPlan, run_dir: str | Path, *, progress: bool = True, command: str = "",
+def run_continual(plan: ContinualConfig, run_dir: str | Path, *, progress: bool = True, command: str = "",
                   on_phase: Callable[[int, str], None] | None = None) -> dict:
     """Run (or continue) ``plan`` in ``run_dir``; returns the state (also ``run_dir/continual.json``).
     ``on_phase(stage, phase)`` is called as each phase starts (stage 0, "eval": the init weights)."""
@@ -411,7 +411,7 @@ def run_continual(plan: ContinualPlan, run_dir: str | Path, *, progress: bool = 
         torch.set_num_threads(threads_before)
 
 
-def _run(plan: ContinualPlan, run: Path, progress: bool, command: str, on_phase) -> dict:
+def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phase) -> dict:
     from rich.console import Console
 
     from aimc.online.rounds import acting_threads, export_as, load_models, make_agent

@@ -148,7 +148,7 @@ class ContinualEvalConfig:
 
 
 @dataclass
-class ContinualPlan:
+class ContinualConfig:
     """A whole ``aimc continual`` plan."""
 
     init: str = ""
@@ -212,7 +212,7 @@ class ContinualPlan:
         return list(dict.fromkeys(t for s in self.stages for t in s.tasks))
 
 
-def load_plan(path: str | Path, overrides: list[str] | None = None) -> ContinualPlan:
+def load_plan(path: str | Path, overrides: list[str] | None = None) -> ContinualConfig:
     """Read a plan file (name of a shipped plan or a path) with KEY=VALUE overrides; relative
     paths inside the file (init, base, stores) are taken from the file's folder. Errors name the
     file and the field."""
@@ -227,7 +227,7 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> Continual
             names = sorted(q.name[:-5] for q in (resources.files("aimc") / "configs" / "plans").iterdir()
                            if q.name.endswith(".yaml"))
             raise ConfigError(f"plan {path}: no such file (shipped plans: {', '.join(names)})")
-    plan = load_config(ContinualPlan, p, overrides)
+    plan = load_config(ContinualConfig, p, overrides)
     if not plan.stages:
         raise ConfigError(f"{p}: stages is empty: a plan needs at least one stage (name, stores or record, tasks)")
     if plan.evaluate.seed >= RESERVED_WORLDS_START:
