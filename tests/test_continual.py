@@ -311,6 +311,31 @@ def test_a_stopped_run_continues_without_repeating_or_losing_a_stage(tmp_path, b
         assert len(lines) == 2 + 1  # crafter-core is a matrix suite: 2 instructed + 1 unconditioned episode, each once
 
 
+def test_more_evaluation_episodes_extend_every_evaluation_and_nothing_else(tmp_path, bundle, stores, straight):
+    from aimc.online.continual import run_continual
+    from aimc.online.plan import load_plan
+
+    plan = write_plan(tmp_path / "plan.yaml", bundle, stores)
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = json.loads((run / "forgetting.json").read_text())
+    phases: list = []
+    run_continual(load_plan(plan, ["replay=0.5", "l2sp=0.01", "evaluate.episodes=2"]), run, progress=False,
+                  on_phase=lambda j, ph: phases.append((j, ph)))
+    assert phases == [(0, "eval"), (1, "eval"), (2, "eval")]  # no stage trained again
+    after = json.loads((run / "forgetting.json").read_text())
+    assert {c["n"] for row in after["cells"].values() for c in row} == {2} and after["episodes"] == 2
+    for name in ("00-init", "01-wood", "02-sapling"):  # the first episode kept, the second added
+        rows = [json.loads(x) for x in (run / "eval" / name / "results.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 * 3 and sorted({r["seed"] for r in rows}) == [1_000_000, 1_000_001]
+    first = {t: [c["successes"] for c in row] for t, row in before["cells"].items()}
+    assert all(a <= b for t in first for a, b in zip(first[t], [c["successes"] for c in after["cells"][t]]))
+    with pytest.raises(UserError, match="evaluate.episodes=2; it may rise.*but not fall to 1"):
+        run_continual(load_plan(plan, ["replay=0.5", "l2sp=0.01"]), run, progress=False)
+    with pytest.raises(UserError, match="started with replay=0.5, now 0.0"):
+        run_continual(load_plan(plan, ["l2sp=0.01", "evaluate.episodes=2"]), run, progress=False)
+
+
 def test_a_run_stopped_inside_training_resumes_that_training(tmp_path, bundle, stores, straight, monkeypatch):
     from aimc.train.data import SplitBatches
 

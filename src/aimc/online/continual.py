@@ -51,7 +51,7 @@ from aimc.utils.io import atomic_write_text
 STATE_FILE = "continual.json"
 PLAN_FILE = "plan.yaml"
 MATRIX_FILE = "forgetting.json"
-CONTINUABLE = {"name", "threads"}
+CONTINUABLE = {"name", "threads", "evaluate.episodes"}  # episodes may only rise: more evaluation, same runs
 
 
 def stage_dir(run: Path, plan: ContinualConfig, j: int) -> Path:
@@ -224,7 +224,14 @@ def evaluate(plan: ContinualConfig, suite, agent, out: Path, progress: bool) -> 
     summary = write_summary(out, suite)
     tasks = {tid: {"instructed": e["instructed"], "unconditioned": e.get("unconditioned")}
              for tid, e in summary["tasks"].items()}
-    return {"dir": str(out), "tasks": tasks, "seconds": time.time() - t0}
+    return {"dir": str(out), "tasks": tasks, "episodes": plan.evaluate.episodes, "seconds": time.time() - t0}
+
+
+def evaluated_episodes(ev: dict | None) -> int:
+    """Episodes per task and condition an evaluation of the state was made with (0: none yet)."""
+    if not ev:
+        return 0
+    return int(ev.get("episodes") or max((e["instructed"]["n"] for e in ev["tasks"].values()), default=0))
 
 
 # ---------------------------------------------------------------------------- the forgetting matrix
@@ -287,19 +294,25 @@ def load_state(run: Path) -> dict:
 
 
 def check_same_plan(run: Path, plan: ContinualConfig) -> None:
-    """A run continues only with the plan it started with (``name`` and ``threads`` may change)."""
+    """A run continues only with the plan it started with: ``name`` and ``threads`` may change, and
+    ``evaluate.episodes`` may rise (every evaluation then plays the added episodes)."""
     path = Path(run) / PLAN_FILE
     if not path.is_file():
         if (Path(run) / STATE_FILE).is_file():
             raise UserError(f"{run}: {STATE_FILE} without {PLAN_FILE}; choose a new --out")
         return
     old, new = to_dict(load_config(ContinualConfig, path)), to_dict(plan)
+    before, now = old["evaluate"].pop("episodes"), new["evaluate"].pop("episodes")
+    if now < before:
+        raise UserError(f"{run} was evaluated with evaluate.episodes={before}; it may rise (the evaluations play the added "
+                        f"episodes) but not fall to {now}: use evaluate.episodes={before} or more, or choose a new --out")
     diff = [k for k in sorted(set(old) | set(new)) if k not in CONTINUABLE and old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
         shown = (lambda v: json.dumps(v, default=str)[:200])
         raise UserError(f"{run} holds an aimc continual run started with {k}={shown(old.get(k))}, now {shown(new.get(k))}; "
-                        "run it with the plan it started with (only name and threads may change), or choose a new --out")
+                        "run it with the plan it started with (only name and threads may change, and evaluate.episodes "
+                        "may rise), or choose a new --out")
 
 
 def _rate(s: dict | None) -> str:
@@ -375,8 +388,14 @@ def check_plan_inputs(plan: ContinualConfig) -> None:
     if init.suffix != ".safetensors" or not init.with_suffix(".yaml").is_file():
         raise UserError(f"init {init}: aimc continual starts from aimc .safetensors weights with their .yaml beside them "
                         "(as aimc train exports them)")
+    from aimc.eval.suite import load_suite
+
+    world = load_suite(plan.evaluate.suite).env.get("name")
     for j, s in enumerate(plan.stages, 1):
         load_config(TrainConfig, plan.preset, ["data.weights=[]", *plan.overrides, *s.overrides])  # typos fail now
+        if s.record is not None and world != "crafter":
+            raise UserError(f"stage {s.name}: record: plays the built-in world's demonstrator, but suite "
+                            f"{plan.evaluate.suite} runs {world!r}; give this stage's data as stores: [...]")
         if s.record is not None and s.record.task not in GOALS:
             raise UserError(f"stage {s.name}: record.task {s.record.task!r} is not a skill of the built-in world's "
                             f"demonstrator ({', '.join(GOALS)})")
@@ -462,7 +481,7 @@ def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phas
         save()
 
     save()
-    if not (stages.get("0") or {}).get("eval"):
+    if evaluated_episodes((stages.get("0") or {}).get("eval")) < plan.evaluate.episodes:
         run_eval(0)
     for j in range(1, len(plan.stages) + 1):
         st = stages.setdefault(str(j), {})
@@ -480,7 +499,7 @@ def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phas
                           + (f"; L2-SP {plan.stage_l2sp(j):g} toward init" if plan.stage_l2sp(j) else "") + ")")
             st["train"] = train_stage(plan, run, j, weights(j - 1), models.goal_dim)
             save()
-        if not st.get("eval"):
+        if evaluated_episodes(st.get("eval")) < plan.evaluate.episodes:
             run_eval(j)
     last = len(plan.stages)
     state["final"] = {"stage": last, "files": export_as(weights(last), run / "final", stages[str(last)]["train"]["formats"])}
