@@ -920,8 +920,8 @@ def compare_continual_html(runs: list[ContinualRun]) -> str:
              "from), with 95 % Wilson intervals; a framed cell is the stage that teaches the task.</p>",
              '<h2 id="matrices">Forgetting matrices</h2><div class="curves">']
     for r in runs:
-        parts.append(f'<figure class="matrix" data-run="{_esc(r.name)}">' + svg_heatmap(r.matrix, r.name)
-                     + f'<figcaption class="muted">{_esc(r.path)}</figcaption></figure>')
+        parts.append(f'<figure class="matrix" data-run="{_esc(r.name)}" style="margin:0">' + svg_heatmap(r.matrix, r.name)
+                     + f'<figcaption class="muted" style="font-size:11px">{_esc(r.path)}</figcaption></figure>')
     parts.append("</div>")
     tasks = list(dict.fromkeys(t for r in runs for t in r.matrix["tasks"]))
     parts.append('<h2 id="forgetting">Forgetting per task</h2><p>Best earlier success - final success, with '
