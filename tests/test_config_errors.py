@@ -44,6 +44,10 @@ BAD = [
     ("aimc.online.config", "OnlineTrainConfig", {"frames_per_round": 0}, "train.frames_per_round"),
     ("aimc.online.config", "OnlineValidateConfig", {"episodes": -1}, "validate.episodes"),
     ("aimc.online.config", "OnlineConfig", {"rounds": 0}, "rounds must be >= 1"),
+    ("aimc.online.plan", "RecordConfig", {"episodes": 0}, "record.episodes"),
+    ("aimc.online.plan", "StageConfig", {"name": "a b"}, "name must be a short name"),
+    ("aimc.online.plan", "ContinualEvalConfig", {"episodes": 0}, "evaluate.episodes"),
+    ("aimc.online.plan", "ContinualConfig", {"frames": 0}, "frames must be > 0"),
 ]
 
 

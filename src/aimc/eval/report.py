@@ -18,6 +18,10 @@ the training run that produced each model (the closest folder above the weights 
 with the runs' loss, validation and evaluation curves side by side (x = frames), their final
 numbers, and the settings that differ (a diff of the resolved configs). A run still training (no
 ``summary.json`` yet) is compared as far as it got.
+
+``aimc compare RUN_A RUN_B ...`` on continual runs written by ``aimc continual`` (``forgetting.json``)
+draws their forgetting matrices (success of task i after stage j) side by side as heatmaps, with
+each task's forgetting (best earlier - final) and the plans' settings.
 """
 
 from __future__ import annotations
@@ -520,8 +524,8 @@ def compare_markdown(runs: list[EvalRun]) -> str:
 # ---------------------------------------------------------------------------- what compare reads
 
 ACCEPTS = ("aimc compare reads evaluation folders (written by `aimc eval --out`: summary.json, meta.json, "
-           "results.jsonl) or training run folders (written by `aimc train`: config.yaml, metrics.jsonl, "
-           "summary.json), all of one kind")
+           "results.jsonl), training run folders (written by `aimc train`: config.yaml, metrics.jsonl, "
+           "summary.json) or continual runs (written by `aimc continual`: forgetting.json), all of one kind")
 
 
 def _read_json_file(path: Path, fix: str) -> Any:
@@ -535,12 +539,15 @@ def _read_json_file(path: Path, fix: str) -> Any:
 
 def run_kind(path: str | Path) -> str:
     """``"eval"`` for a folder written by ``aimc eval``, ``"train"`` for one written by ``aimc
-    train``; a :class:`UserError` naming the path and what compare accepts for anything else."""
+    train``, ``"continual"`` for one written by ``aimc continual``; a :class:`UserError` naming the
+    path and what compare accepts for anything else."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such folder; {ACCEPTS}")
     if not path.is_dir():
         raise UserError(f"{path}: is a file, not a folder; {ACCEPTS}")
+    if (path / "forgetting.json").is_file():
+        return "continual"
     is_train = (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "summary.json").is_file())
     sfile = path / "summary.json"
     if sfile.is_file():
@@ -788,6 +795,169 @@ def compare_train_markdown(runs: list[TrainRun]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------- continual runs
+
+
+@dataclass
+class ContinualRun:
+    """One ``aimc continual`` run folder, loaded for reporting (its ``forgetting.json``)."""
+
+    name: str
+    path: Path
+    matrix: dict
+
+
+def load_continual_run(path: str | Path, name: str | None = None) -> ContinualRun:
+    path = Path(path)
+    matrix = _read_json_file(path / "forgetting.json", "it is rewritten by running the same aimc continual command again")
+    if not isinstance(matrix, dict) or not {"tasks", "columns", "cells"} <= set(matrix):
+        raise UserError(f"{path / 'forgetting.json'}: not a forgetting matrix (tasks, columns, cells); it is written by "
+                        "aimc continual: run the same command again to rewrite it")
+    return ContinualRun(name or matrix.get("name") or path.name, path, matrix)
+
+
+def _cell_text(c: dict | None) -> str:
+    return "…" if c is None else (f"{c['rate']:.2f} [{c['low']:.2f}, {c['high']:.2f}] ({c['successes']}/{c['n']})"
+                                  if c.get("n") else "-")
+
+
+def _column_title(col: dict) -> str:
+    return f"{col['stage']} {col['name']}"
+
+
+def forgetting_markdown(matrix: dict, level: int = 1) -> str:
+    """The forgetting matrix as markdown: rows = tasks, columns = after stage j (0 = init), each
+    cell success [95 % Wilson interval] (successes/n), the cell of the stage that teaches a task
+    in bold; then each task's gain and forgetting with the difference's interval."""
+    h = "#" * level
+    cols = matrix["columns"]
+    lines = [f"{h} Forgetting matrix{': ' + matrix['name'] if matrix.get('name') else ''}", "",
+             f"Instructed success of each task (row) after each stage (column; 0 = the init weights), "
+             f"{matrix.get('episodes', '?')} episodes per task on the evaluation worlds of `{matrix.get('suite', '?')}`, "
+             "95 % Wilson intervals; **bold** = after the stage that teaches the task. "
+             f"Replay per stage: {', '.join(f'{x:g}' for x in matrix.get('replay', []))}; "
+             f"L2-SP per stage: {', '.join(f'{x:g}' for x in matrix.get('l2sp', []))}.", "",
+             "| task | " + " | ".join(f"after {_column_title(c)}" for c in cols) + " | gain of its stage | forgetting (best earlier - final) |",
+             "| --- |" + " --- |" * (len(cols) + 2)]
+    for t in matrix["tasks"]:
+        taught = matrix.get("taught_by", {}).get(t)
+        cells = []
+        for j, c in enumerate(matrix["cells"][t]):
+            text = _cell_text(c)
+            cells.append(f"**{text}**" if j == taught and c is not None else text)
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {_delta_text(matrix.get('gain', {}).get(t))} | "
+                     f"{_forget_text(matrix.get('forgetting', {}).get(t))} |")
+    lines += ["", "Forgetting > 0: the task was done better after an earlier stage than at the end; an interval "
+              "that excludes 0 (*) is more than the noise of this many episodes."]
+    return "\n".join(lines) + "\n"
+
+
+def _delta_text(d: dict | None) -> str:
+    if not d or d.get("diff") is None or (isinstance(d["diff"], float) and math.isnan(d["diff"])):
+        return "-"
+    star = " *" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]{star}"
+
+
+def _forget_text(d: dict | None) -> str:
+    if not d:
+        return "-"
+    return f"{_delta_text(d)} (stage {d['best_stage']} -> {d['final_stage']})"
+
+
+def _heat_colour(rate: float) -> str:
+    """0 -> pale red, 0.5 -> pale yellow, 1 -> green (readable black text on all)."""
+    stops = ((0.0, (244, 199, 195)), (0.5, (252, 232, 178)), (1.0, (124, 196, 139)))
+    for (x0, c0), (x1, c1) in zip(stops, stops[1:]):
+        if rate <= x1:
+            f = (rate - x0) / (x1 - x0) if x1 > x0 else 0.0
+            return "#" + "".join(f"{round(a + (b - a) * max(0.0, min(1.0, f))):02x}" for a, b in zip(c0, c1))
+    return "#%02x%02x%02x" % stops[-1][1]
+
+
+def svg_heatmap(matrix: dict, title: str = "") -> str:
+    """The forgetting matrix as an SVG heatmap: one cell per (task, after stage), coloured by the
+    success rate, labelled with it and its interval; the cell of the stage teaching a task framed."""
+    cols, tasks = matrix["columns"], matrix["tasks"]
+    label_w, cw, ch, top = 130, 96, 34, 46
+    width, height = label_w + cw * len(cols) + 10, top + ch * len(tasks) + 10
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="forgetting matrix {_esc(title)}">']
+    if title:
+        out.append(f'<text x="4" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>')
+    for j, c in enumerate(cols):
+        x = label_w + j * cw + cw / 2
+        out.append(f'<text x="{x:.1f}" y="{top - 8}" font-size="10" text-anchor="middle">after {_esc(_column_title(c))}</text>')
+    for i, t in enumerate(tasks):
+        y = top + i * ch
+        out.append(f'<text x="{label_w - 6}" y="{y + ch / 2:.1f}" font-size="11" text-anchor="end" '
+                   f'dominant-baseline="middle">{_esc(t)}</text>')
+        taught = matrix.get("taught_by", {}).get(t)
+        for j, c in enumerate(matrix["cells"][t]):
+            x = label_w + j * cw
+            if c is None or not c.get("n"):
+                out.append(f'<rect class="cell" data-task="{_esc(t)}" data-stage="{j}" x="{x}" y="{y}" width="{cw - 2}" '
+                           f'height="{ch - 2}" fill="#eee"/><text x="{x + cw / 2:.1f}" y="{y + ch / 2 + 3:.1f}" '
+                           'font-size="10" text-anchor="middle" fill="#999">not yet</text>')
+                continue
+            stroke = ' stroke="#222" stroke-width="2"' if j == taught else ""
+            out.append(f'<rect class="cell" data-task="{_esc(t)}" data-stage="{j}" data-rate="{c["rate"]:.4f}" x="{x}" '
+                       f'y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{_heat_colour(c["rate"])}"{stroke}>'
+                       f'<title>{_esc(t)} after {_esc(_column_title(cols[j]))}: {_esc(_cell_text(c))}</title></rect>')
+            out.append(f'<text x="{x + cw / 2:.1f}" y="{y + 14}" font-size="12" text-anchor="middle">{c["rate"]:.2f}</text>')
+            out.append(f'<text x="{x + cw / 2:.1f}" y="{y + 26}" font-size="9" text-anchor="middle" fill="#444">'
+                       f'[{c["low"]:.2f}, {c["high"]:.2f}]</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def compare_continual_html(runs: list[ContinualRun]) -> str:
+    """The comparison page for continual runs: their forgetting matrices as heatmaps side by side,
+    each task's forgetting per run, and the plans' per-stage replay and L2-SP."""
+    title = f"aimc compare: {' vs '.join(r.name for r in runs)} (continual runs)"
+    parts = [f"<h1>{_esc(title)}</h1>",
+             "<p>Instructed success of each task (row) after each stage (column; 0 = the weights the plan started "
+             "from), with 95 % Wilson intervals; a framed cell is the stage that teaches the task.</p>",
+             '<h2 id="matrices">Forgetting matrices</h2><div class="curves">']
+    for r in runs:
+        parts.append(f'<figure class="matrix" data-run="{_esc(r.name)}" style="margin:0">' + svg_heatmap(r.matrix, r.name)
+                     + f'<figcaption class="muted" style="font-size:11px">{_esc(r.path)}</figcaption></figure>')
+    parts.append("</div>")
+    tasks = list(dict.fromkeys(t for r in runs for t in r.matrix["tasks"]))
+    parts.append('<h2 id="forgetting">Forgetting per task</h2><p>Best earlier success - final success, with '
+                 "Newcombe's interval of the difference (bold: the interval excludes 0).</p><table><tr><th>task</th>"
+                 + "".join(f"<th>{_esc(r.name)}: final</th><th>{_esc(r.name)}: forgetting</th>" for r in runs) + "</tr>")
+    for t in tasks:
+        row = [f"<td>{_esc(t)}</td>"]
+        for r in runs:
+            cells = r.matrix["cells"].get(t) or []
+            done = [c for c in cells if c is not None]
+            row.append(f"<td>{_esc(_cell_text(done[-1]) if done else '-')}</td>")
+            f = r.matrix.get("forgetting", {}).get(t)
+            cls = ' class="signeg"' if f and (f["low"] > 0 or f["high"] < 0) else ""
+            row.append(f"<td{cls}>{_esc(_forget_text(f))}</td>")
+        parts.append("<tr>" + "".join(row) + "</tr>")
+    parts.append("</table>")
+    parts.append('<h2 id="plans">Plans</h2><table><tr><th>run</th><th>stages</th><th>replay per stage</th>'
+                 "<th>L2-SP per stage</th><th>episodes per task</th><th>folder</th></tr>")
+    for r in runs:
+        m = r.matrix
+        parts.append(f"<tr><td>{_esc(r.name)}</td><td>{_esc(', '.join(_column_title(c) for c in m['columns'][1:]))}</td>"
+                     f"<td>{_esc(', '.join(f'{x:g}' for x in m.get('replay', [])))}</td>"
+                     f"<td>{_esc(', '.join(f'{x:g}' for x in m.get('l2sp', [])))}</td><td>{_esc(m.get('episodes', '-'))}</td>"
+                     f"<td>{_esc(r.path)}</td></tr>")
+    parts.append("</table>")
+    return html_page(title, parts)
+
+
+def compare_continual_markdown(runs: list[ContinualRun]) -> str:
+    lines = [f"# aimc compare: {' vs '.join(r.name for r in runs)} (continual runs)", "",
+             "Heatmaps of the matrices are in report.html.", ""]
+    for r in runs:
+        lines += [forgetting_markdown({**r.matrix, "name": r.name}, level=2).rstrip(), "", f"Folder: {r.path}", ""]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- compare
 
 
@@ -800,15 +970,17 @@ def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | Non
         raise UserError(f"--names gives {len(names)} names for {len(paths)} runs")
     kinds = [run_kind(p) for p in paths]
     if len(set(kinds)) > 1:
-        label = {"eval": "an evaluation folder", "train": "a training run"}
+        label = {"eval": "an evaluation folder", "train": "a training run", "continual": "a continual run"}
         listing = "; ".join(f"{p} is {label[k]}" for p, k in zip(paths, kinds))
         raise UserError(
             f"aimc compare compares folders of one kind, got a mix: {listing}. Compare the evaluations together, or "
             "the training runs together (to compare a run's weights in play, evaluate them first: "
             "aimc eval --weights RUN/final.safetensors --out EVAL)"
         )
-    if kinds[0] == "train":
-        runs: list[Any] = [load_train_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+    if kinds[0] == "continual":
+        runs: list[Any] = [load_continual_run(p, names[i] if names else None) for i, p in enumerate(paths)]
+    elif kinds[0] == "train":
+        runs = [load_train_run(p, names[i] if names else None) for i, p in enumerate(paths)]
         trained = {r.trains for r in runs}
         if len(trained) > 1:
             listing = "; ".join(f"{r.path} trained a {r.trains}" for r in runs)
@@ -826,7 +998,10 @@ def compare(paths: list[str | Path], out_dir: str | Path, names: list[str] | Non
             seen[r.name] = 1
     out_dir = make_dir(out_dir, "folder for report.html and report.md (--out)")
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    if kinds[0] == "train":
+    if kinds[0] == "continual":
+        atomic_write_text(html_path, compare_continual_html(runs))
+        atomic_write_text(md_path, compare_continual_markdown(runs))
+    elif kinds[0] == "train":
         atomic_write_text(html_path, compare_train_html(runs))
         atomic_write_text(md_path, compare_train_markdown(runs))
     else:

@@ -36,8 +36,51 @@ def _online(args: argparse.Namespace) -> int:
     return 0
 
 
+def _continual(args: argparse.Namespace) -> int:
+    from aimc.online.continual import run_continual
+    from aimc.online.plan import load_plan
+
+    overrides = list(args.overrides or [])
+    if args.init:
+        overrides.append(f"init={json.dumps(args.init)}")
+    plan = load_plan(args.plan, overrides)
+    out = Path(args.out)
+    state = run_continual(plan, out, progress=not args.quiet, command=" ".join(["aimc", *sys.argv[1:]]))
+    print((out / "forgetting.md").read_text(encoding="utf-8"))
+    print(f"last stage's weights: {state['final']['files'][0]}")
+    print(f"log: {out / 'README.md'}  (compare runs as heatmaps: aimc compare {out} OTHER_RUN --out REPORT)")
+    return 0
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """``aimc continual PLAN.yaml --out RUN KEY=VALUE ...``: KEY=VALUE after the options too (plain
+    argparse takes the positionals in one go, so overrides after --out would be refused)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(cli) -> None:
-    """Add ``aimc online`` to ``cli`` (an ``aimc.cli.CommandLine``)."""
+    """Add ``aimc online`` and ``aimc continual`` to ``cli`` (an ``aimc.cli.CommandLine``)."""
+    p = cli.command("continual", help="continual fine-tuning from a plan: stages in turn (optional replay and L2-SP), "
+                    "every stage's tasks evaluated after each, the forgetting matrix; resumable", run=_continual)
+    p.__class__ = _IntermixedParser
+    p.add_argument("plan", metavar="PLAN.yaml",
+                   help="the plan: a YAML file, or a shipped plan's name (crafter_three_skills)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="plan overrides, e.g. replay=0.5 l2sp=0.01 frames=20480 evaluate.episodes=16 base_stores=[STORE]")
+    p.add_argument("--out", required=True, help="run directory; the same command again continues it")
+    p.add_argument("--init", default=None, help="weights to start from, instead of the plan's init (aimc .safetensors + .yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
     p = cli.command("online", help="online learning (DAgger): the agent plays, a labeller corrects every step, "
                     "training continues on the corrections; resumable rounds", run=_online)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

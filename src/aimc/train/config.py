@@ -221,9 +221,21 @@ class OptimConfig:
     """Warn when the (pre-clip) gradient norm exceeds this; 0.5-5 is healthy."""
     fused: bool = True
     """Use the fused AdamW kernel on CUDA."""
+    l2sp: float = 0.0
+    """L2-SP: add alpha/2 x ||theta - theta0||^2 to the loss (alpha = this value; 0 = off), pulling every
+    trainable parameter toward the weights training started from (theta0 = ``optim.l2sp_anchor``,
+    else ``model.init``) instead of toward 0 as weight decay does. Guards what a fine-tune should
+    keep (docs/continual.md); costs one more copy of the trainable weights on the device."""
+    l2sp_anchor: str = ""
+    """Weights theta0 of L2-SP (aimc ``.safetensors`` + ``.yaml``); empty = the ``model.init``
+    weights. ``aimc continual`` sets it to the plan's ``init`` so that every stage is pulled toward
+    the weights the plan started from, not the previous stage's."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.l2sp >= 0, f"optim.l2sp must be >= 0 (0 = off), got {self.l2sp}")
+        _check(not self.l2sp_anchor or self.l2sp_anchor.endswith(".safetensors"),
+               f"optim.l2sp_anchor must be aimc .safetensors weights (with their .yaml), got {self.l2sp_anchor!r}")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.batch_size > 0, f"optim.batch_size must be > 0, got {self.batch_size}")
         _check(self.trunc_t > 0, f"optim.trunc_t must be > 0, got {self.trunc_t}")
@@ -432,6 +444,11 @@ class TrainConfig:
         _check(
             self.data.T % self.optim.trunc_t == 0,
             f"optim.trunc_t ({self.optim.trunc_t}) must divide data.T ({self.data.T})",
+        )
+        _check(
+            not self.optim.l2sp or self.model.init or self.optim.l2sp_anchor,
+            f"optim.l2sp={self.optim.l2sp:g} pulls the weights toward the ones training started from, but there are "
+            "none: set model.init (the weights to fine-tune) or optim.l2sp_anchor, or optim.l2sp=0",
         )
 
     @property

@@ -121,3 +121,49 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 def weight_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of the given (trainable) parameters (0-dim tensor)."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params]))
+
+
+# ---------------------------------------------------------------------------- L2-SP
+
+
+def l2sp_anchor(policy: nn.Module, anchor_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The anchor theta0 of L2-SP for each trainable parameter of ``policy``, from the state dict
+    ``anchor_state`` (the weights training started from, or ``optim.l2sp_anchor``'s), on the
+    parameter's device and dtype. Parameters the anchor does not hold (LoRA adapters, a goal layer
+    new to these weights) are left out; a shape that differs is an error naming ``source``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in policy.named_parameters():
+        if not p.requires_grad or name not in anchor_state:
+            continue
+        a = anchor_state[name]
+        if tuple(a.shape) != tuple(p.shape):
+            raise UserError(f"optim.l2sp: {source} holds {name} of shape {tuple(a.shape)} but the policy's is "
+                            f"{tuple(p.shape)}: anchor with weights of the same architecture")
+        out[name] = a.detach().to(device=p.device, dtype=p.dtype).clone()
+    if not out:
+        raise UserError(f"optim.l2sp: {source} holds none of the policy's trainable parameters: anchor with weights of "
+                        "the same architecture, or optim.l2sp=0")
+    return out
+
+
+@torch.no_grad()
+def add_l2sp_grad(policy: nn.Module, anchor: dict[str, torch.Tensor], alpha: float) -> None:
+    """Add the gradient of alpha/2 x ||theta - theta0||^2, i.e. alpha x (theta - theta0), to every
+    anchored parameter's ``.grad`` (after the data loss's backward, before clipping)."""
+    for name, p in policy.named_parameters():
+        a = anchor.get(name)
+        if a is None or not p.requires_grad:
+            continue
+        g = (p.detach() - a).mul_(alpha)
+        if p.grad is None:
+            p.grad = g.to(p.dtype)
+        else:
+            p.grad.add_(g.to(p.grad.dtype))
+
+
+@torch.no_grad()
+def l2sp_distance(policy: nn.Module, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    """||theta - theta0|| over the anchored parameters (0-dim tensor, for the log)."""
+    params = dict(policy.named_parameters())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm((params[n].detach() - a).float())
+                                                 for n, a in anchor.items()]))

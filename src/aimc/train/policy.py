@@ -11,7 +11,8 @@ step (:func:`optimizer_step` over :class:`SequenceChunks`) is:
         the recurrent state, otherwise continue from the carried (detached) state
         loss = mean over (B, trunc_t) of -log p(expert action | frames, goal)
         backward(loss / grad_accum)   (DDP all-reduces only on the last micro-step)
-    unscale (fp16), gradient norm, stop if the loss is not finite, clip, AdamW step
+    unscale (fp16), add the L2-SP pull alpha (theta - theta0) (optim.l2sp > 0),
+    gradient norm, stop if the loss is not finite, clip, AdamW step
 then the loop logs, validates, checkpoints: each after the step whose frames cross a multiple of
 its interval (``logging.every_frames``, ``validation.*_frames``, ``checkpoint.*_frames``), and runs
 its periodic work (:class:`Periodic`, e.g. the evaluation of ``aimc train``'s ``eval`` section),
@@ -41,9 +42,12 @@ from aimc.train import distributed as D
 from aimc.train.config import TrainConfig, crossed
 from aimc.train.lora import apply_lora, has_lora, merge_lora
 from aimc.train.optim import (
+    add_l2sp_grad,
     freeze_groups,
     grad_norm,
     group_parameter_names,
+    l2sp_anchor,
+    l2sp_distance,
     lr_at,
     make_optimizer,
     set_lr,
@@ -299,6 +303,8 @@ class Learner:
     precision: str  # bf16, fp16 or fp32
     device: torch.device
     ddp: nn.Module | None = None  # the DDP wrapper: gradients are all-reduced on the last micro-step only
+    anchor: dict[str, torch.Tensor] | None = None  # L2-SP's theta0 by parameter name (None: off)
+    l2sp: float = 0.0  # L2-SP's alpha
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -353,7 +359,7 @@ class SequenceChunks:
 def optimizer_step(learner: Learner, micro_batches: MicroBatches, grad_accum: int, max_grad_norm: float = 0.0,
                    info: D.DistInfo | None = None, loss_fn: Callable = bc_loss) -> StepStats:
     """One optimizer step: ``grad_accum`` micro-steps (forward + backward, gradients summed),
-    unscale (fp16), gradient norm, divergence check, clip, step.
+    unscale (fp16), L2-SP's gradient (``learner.anchor``), gradient norm, divergence check, clip, step.
 
     Raises :class:`TrainingDiverged` (weights untouched, gradients dropped) when the loss is not
     finite on any rank. ``loss_fn(model, policy, chunk, state) -> (loss, state)`` is the
@@ -372,6 +378,8 @@ def optimizer_step(learner: Learner, micro_batches: MicroBatches, grad_accum: in
     step_loss = D.mean_across(loss_sum / grad_accum, info)
     if L.scaler is not None:
         L.scaler.unscale_(L.optimizer)
+    if L.anchor is not None:  # the same on every rank, after the all-reduce: the ranks stay identical
+        add_l2sp_grad(L.policy, L.anchor, L.l2sp)
     trainable = L.trainable
     gnorm = grad_norm(trainable)
     if D.any_across(not bool(torch.isfinite(step_loss)), info, L.device):
@@ -394,6 +402,8 @@ def setup_learner(cfg: TrainConfig, policy: nn.Module, info: D.DistInfo, device:
     what was frozen or adapted (for the log)."""
     from aimc.train import preflight
 
+    start = ({k: v.detach().clone() for k, v in policy.state_dict().items()}
+             if cfg.optim.l2sp and not cfg.optim.l2sp_anchor else None)  # the weights training starts from
     changes = prepare_for_training(policy, cfg)
     policy.to(device)
     if cfg.model.channels_last and device.type == "cuda":
@@ -405,7 +415,16 @@ def setup_learner(cfg: TrainConfig, policy: nn.Module, info: D.DistInfo, device:
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     ddp = D.wrap_ddp(policy, info, device)  # = policy with one process
     model = torch.compile(ddp) if cfg.runtime.compile else ddp  # what runs the forward
-    return Learner(policy, model, optimizer, scaler, precision, device, ddp), changes
+    anchor = None
+    if cfg.optim.l2sp:
+        if cfg.optim.l2sp_anchor:
+            from aimc.checkpoints.vpt import load_policy
+
+            source = f"optim.l2sp_anchor {cfg.optim.l2sp_anchor}"
+            anchor = l2sp_anchor(policy, load_policy(cfg.optim.l2sp_anchor).state_dict(), source)
+        else:
+            anchor = l2sp_anchor(policy, start, f"model.init {cfg.model.init}")
+    return Learner(policy, model, optimizer, scaler, precision, device, ddp, anchor, cfg.optim.l2sp), changes
 
 
 def restore(learner: Learner, cfg: TrainConfig, latest: Path | None) -> tuple[ckpt.Progress, Any]:
@@ -703,6 +722,7 @@ def train_policy(
                     "train/lr": lr,
                     "train/grad_norm": g,
                     "train/weight_norm": float(weight_norm(trainable)),
+                    **({"train/l2sp_distance": float(l2sp_distance(policy, learner.anchor))} if learner.anchor else {}),
                     "train/frames_per_s": (progress.frames - frames_log) / max(time.perf_counter() - t_log, 1e-9),
                     # sequences start only at chunk 0 of T: an interval of later chunks has none
                     **({"train/uncond_fraction": sum(uncond) / len(uncond)} if uncond else {}),
