@@ -50,19 +50,22 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     assert (args.episodes, args.suite, args.cond_scale) == (60, "crafter-core", 1.0)
     assert Path(args.weights).is_file() and Path(args.mineclip).is_file() and Path(args.prior).is_file()
 
-    # a second call finds every stage done; --finetune then records the weakest skill,
-    # fine-tunes from the quickstart's policy and compares before/after
+    # a second call finds every stage done; --finetune then runs online rounds on the weakest
+    # skill from the quickstart's policy and compares every instruction before/after
     assert main(["quickstart", "--fast", "--finetune", "--out", str(run), "--quiet"]) == 0
     state2 = json.loads((run / "quickstart.json").read_text())
     assert state2["results"]["generate"] == state["results"]["generate"]
     ft = state2["finetune"]
     assert ft["skill"] in ("make_wood_pickaxe", "place_table", "collect_stone", "place_plant", "eat_cow", "collect_drink")
-    assert EpisodeStore(run / "finetune" / "store").episode_ids()
-    assert (run / "finetune" / "policy" / "final.safetensors").is_file()
-    assert (run / "finetune" / "compare" / "report.html").is_file()
-    assert (run / "finetune" / "eval_before" / "results.jsonl").is_file()
-    assert (run / "finetune" / "eval_after" / "results.jsonl").is_file()
-    assert "fine-tuned on" in capsys.readouterr().out
+    online = json.loads((run / "finetune" / "online" / "online.json").read_text())
+    assert online["rounds"]["1"]["collect"]["episodes"] == 2 and ft["rounds"] == 1
+    stored = EpisodeStore(run / "finetune" / "online" / "store")
+    assert stored.episode_ids() and all(stored.open(e).meta["task"] == ft["skill"] for e in stored.episode_ids())
+    assert Path(ft["weights"]).is_file() and (run / "finetune" / "compare" / "report.html").is_file()
+    after = [json.loads(x) for x in (run / "finetune" / "eval_after" / "results.jsonl").read_text().splitlines() if x.strip()]
+    assert len(after) == len(results)  # every instruction again, on the closing evaluation's worlds
+    assert {r["seed"] for r in after} == {r["seed"] for r in results}
+    assert "online rounds on" in capsys.readouterr().out
 
 
 def test_aimc_train_preset_crafter_trains_what_the_quickstart_policy_stage_trains(tmp_path):

@@ -411,83 +411,62 @@ def weakest_skill(summary: dict, candidates: tuple[str, ...] = ("make_wood_picka
     return min(candidates, key=lambda t: (rates.get(t, 2.0), candidates.index(t)))
 
 
+def online_overrides(run: Path, plan: QuickstartPlan, results: dict, skill: str, minutes: float) -> list[str]:
+    """The ``aimc online`` settings (preset ``online_crafter``) of ``quickstart --finetune``: DAgger
+    rounds on ``skill`` from the quickstart's policy, mixed half and half with its demonstrations,
+    as many rounds as ``minutes`` holds."""
+    over = [f"init={results['policy']['weights']}", f"stores=[{run / 'store'}]", f"tasks=[{skill}]",
+            f"agent.mineclip={run / 'mineclip' / 'mineclip.safetensors'}", f"agent.prior={results['prior']['path']}",
+            f"agent.cond_scale={plan.cond_scale}", "agent.device=cpu", f"seed={plan.seed}", "name=quickstart --finetune"]
+    if plan.policy_preset == "crafter_fast":
+        return over + ["rounds=1", "collect.episodes=2", "collect.max_steps=20", "collect.stop_on_success=false", "collect.workers=0", "collect.num_envs=2",
+                       "train.preset=crafter_fast", "train.frames_per_round=640", "validate.episodes=1",
+                       "validate.max_steps=10", "validate.workers=0", "validate.num_envs=1"]
+    return over + ["rounds=20", f"max_minutes={minutes:.2f}", "collect.episodes=32", "train.frames_per_round=51200",
+                   "validate.episodes=10", f"collect.workers={plan.workers}", f"validate.workers={plan.eval_workers}"]
+
+
 def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: float, progress: bool) -> dict:
-    """Record the weakest skill, fine-tune on 80 % old + 20 % new data, compare before/after."""
-    from aimc.data.embed import embed_store
-    from aimc.data.split import make_split
-    from aimc.data.store import EpisodeStore
-    from aimc.envs.record import generate_crafter_store
+    """Online rounds (``aimc online``) on the weakest skill, then every instruction evaluated again
+    on the closing evaluation's worlds and compared with it."""
+    from aimc.config import load_config
     from aimc.eval.report import compare, write_summary
     from aimc.eval.runner import run_suite
-    from aimc.eval.suite import load_suite
-    from aimc.train.data import make_sources
-    from aimc.train.policy import train_policy
+    from aimc.online.config import OnlineConfig
+    from aimc.online.rounds import run_online
 
     t0 = time.time()
-    deadline = t0 + minutes * 60.0
     ft = run / "finetune"
     skill = weakest_skill(results["eval"]["summary"])
-    state_path = ft / "finetune.json"
-    done = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    fast = plan.policy_preset == "crafter_fast"
+    eval_s = float(results["eval"].get("seconds") or 0.0)
+    online_minutes = max(1.0, minutes - 1.2 * eval_s / 60.0)
+    over = online_overrides(run, plan, results, skill, online_minutes)
+    cfg = load_config(OnlineConfig, "online_crafter", over)
+    command = "aimc online --preset online_crafter " + " ".join(over) + f" --out {ft / 'online'}"
     with _Display(progress) as display:
         for s in STAGES:
-            if s not in ("generate", "embed", "policy", "eval"):
+            if s not in ("policy", "eval"):
                 display.done(s, "(from the quickstart)")
-        # 1. a small dataset of the skill: the demonstrator pinned to it, on new worlds
-        display.start("generate", skill)
-        n_eps = 4 if fast else max(10, plan.episodes // 8)
-        g = generate_crafter_store(ft / "store", n_eps, plan.max_steps, plan.workers, 500_000 + plan.seed, 64, None, skill,
-                                   lambda e, n: display.update("generate", 0.0, f"{skill}: {e}"),
-                                   time_limit_s=0.0 if fast else 0.2 * minutes * 60)
-        display.done("generate", f"{skill}: {g['episodes']} episodes, {g['frames']:,} frames")
-        display.start("embed")
-        from aimc.checkpoints.mineclip import load_mineclip
-
-        store = EpisodeStore(ft / "store")
-        embed_store(store, load_mineclip(run / "mineclip" / "mineclip.safetensors"), batch_size=256, device="cpu",
-                    info={"model": "quickstart mineclip"}, progress=False)
-        make_split(store, val_fraction=0.2 if len(store.episode_ids()) > 2 else 0.0, seed=plan.seed, command="aimc quickstart --finetune")
-        display.done("embed", f"{g['frames']:,} frames")
-        # 2. fine-tune from the quickstart's policy with the finetune preset scaled down
-        display.start("policy", "fine-tuning")
-        from aimc.config import load_config
-        from aimc.train.config import TrainConfig
-
-        preset = "crafter_fast" if fast else "crafter_finetune"
-        over = [f"data.stores=[{run / 'store'},{ft / 'store'}]", "data.weights=[0.8,0.2]", f"model.goal_dim={_goal_dim(run)}",
-                f"model.init={results['policy']['weights']}", "logging.progress=false", f"runtime.seed={plan.seed}"]
-        if "policy" not in done:
-            # aimc train --preset crafter_finetune with these overrides: one mixture of both stores
-            cfg0 = load_config(TrainConfig, preset, over)
-            train, val = make_sources(cfg0)
-            if fast:
-                over.append("schedule.n_frames=320")
-            else:
-                per_step = _seconds_per_step(cfg0, train) * 1.15
-                seconds = max(30.0, deadline - time.time() - 240.0)
-                frames = max(20, int(seconds / per_step)) * cfg0.frames_per_step()
-                over += [f"schedule.n_frames={frames}", f"schedule.warmup_frames={max(1, frames // 20)}"]
-            cfg = load_config(TrainConfig, preset, over)
-            done["policy"] = str(train_policy(cfg, ft / "policy", train_data=train, val_data=val).weights)
-            atomic_json(state_path, done)
-        display.done("policy", "fine-tuned")
-        # 3. before/after on the same held-out worlds, then aimc compare
-        display.start("eval", "before / after")
-        suite = load_suite("crafter-core")
-        tasks = [skill] + [t for t in ("collect_wood", "place_table", "collect_drink") if t != skill]
-        suite = suite.select(tasks[:2] if fast else tasks)
-        suite = replace(suite, max_steps=min(suite.max_steps, plan.eval_max_steps),
-                        tasks=tuple(replace(t, max_steps=min(t.max_steps, plan.eval_max_steps)) for t in suite.tasks))
-        episodes = 1 if fast else 6
-        before = _agent(run, results, plan.cond_scale, plan.seed)
-        after = _agent(run, {**results, "policy": {"weights": done["policy"]}}, plan.cond_scale, plan.seed)
-        for name, agent in (("before", before), ("after", after)):
-            run_suite(suite, agent, ft / f"eval_{name}", episodes=episodes, num_envs=8, videos=plan.eval_videos, progress=False)
-            write_summary(ft / f"eval_{name}", suite)
-        html, md = compare([ft / "eval_before", ft / "eval_after"], ft / "compare", ["quickstart", f"fine-tuned on {skill}"])
+        display.start("policy", f"online rounds on {skill}")
+        state = run_online(cfg, ft / "online", progress=False, command=command,
+                           on_phase=lambda r, ph: display.update("policy", 0.0, f"{skill}: round {r} {ph}"))
+        best = state["best"]
+        weights = next(f for f in best["files"] if f.endswith(".safetensors"))
+        rounds = len([k for k, v in state["rounds"].items() if v.get("exported")])
+        labelled = sum(v["collect"]["labelled"] for v in state["rounds"].values() if v.get("collect"))
+        display.done("policy", f"{rounds} round(s), {labelled:,} labelled steps, best: round {best['round']}")
+        # every instruction, on the closing evaluation's worlds, episodes and guidance
+        display.start("eval", "after")
+        suite = eval_suite(plan)
+        after = _agent(run, {**results, "policy": {"weights": weights}}, plan.cond_scale, plan.seed)
+        run_suite(suite, after, ft / "eval_after", episodes=plan.eval_episodes, num_envs=8, videos=plan.eval_videos,
+                  workers=plan.eval_workers, progress=False)
+        write_summary(ft / "eval_after", suite)
+        html, md = compare([Path(results["eval"]["dir"]), ft / "eval_after"], ft / "compare",
+                           ["quickstart", f"online rounds on {skill}"])
         display.done("eval", f"report {html}")
-    return {"skill": skill, "frames": g["frames"], "weights": done["policy"], "report": str(html), "markdown": str(md),
+    return {"skill": skill, "online": str(ft / "online"), "rounds": rounds, "labelled": labelled,
+            "best_round": best["round"], "weights": weights, "report": str(html), "markdown": str(md),
             "seconds": time.time() - t0}
 
 
@@ -611,8 +590,9 @@ def summary_text(run: Path, state: dict) -> str:
               f"--prior {r['prior']['path']} --prompt 'place a table' --cond-scale {state.get('plan', {}).get('cond_scale', 1.0)} --video {run / 'place_table.mp4'}"]
     if state.get("finetune"):
         f = state["finetune"]
-        lines += ["", f"Fine-tuned on {f['skill']} ({f['frames']:,} new frames, 80 % old / 20 % new): {f['weights']}",
-                  f"Before/after report: {f['report']} (markdown: {f['markdown']})"]
+        lines += ["", f"Online rounds on {f['skill']}: {f['rounds']} round(s), {f['labelled']:,} labelled steps, "
+                      f"best round {f['best_round']} (run: {f['online']}): {f['weights']}",
+                  f"Before/after report, every instruction: {f['report']} (markdown: {f['markdown']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -641,6 +621,7 @@ def register(cli) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes for recording demonstrations")
     p.add_argument("--seed", type=int, default=0, help="seed of world generation, sampling and initialisation")
     p.add_argument("--finetune", action="store_true",
-                   help="afterwards: record the skill the agent is weakest at, fine-tune on it, compare before/after "
-                        "(about half the --minutes budget more)")
+                   help="afterwards: online rounds (aimc online) on the skill the agent is weakest at, then every "
+                        "instruction evaluated again and compared with the closing evaluation (about half the "
+                        "--minutes budget more)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
