@@ -44,6 +44,14 @@ BAD = [
     ("aimc.online.config", "OnlineTrainConfig", {"frames_per_round": 0}, "train.frames_per_round"),
     ("aimc.online.config", "OnlineValidateConfig", {"episodes": -1}, "validate.episodes"),
     ("aimc.online.config", "OnlineConfig", {"rounds": 0}, "rounds must be >= 1"),
+    ("aimc.rl.config", "RLAgentConfig", {"device": "tpu"}, "agent.device"),
+    ("aimc.rl.config", "RLCollectConfig", {"seed": 1_000_000}, "collect.seed"),
+    ("aimc.rl.config", "PPOConfig", {"clip": 0.0}, "ppo.clip"),
+    ("aimc.rl.config", "RLScheduleConfig", {"updates": 0}, "schedule.updates"),
+    ("aimc.rl.config", "RLCheckpointConfig", {"export": [".pt"]}, "checkpoint.export"),
+    ("aimc.rl.config", "RLRuntimeConfig", {"precision": "fp16"}, "runtime.precision"),
+    ("aimc.rl.config", "RLConfig", {"schedule": __import__("aimc.rl.config").rl.config.RLScheduleConfig(updates=100_000)},
+     "training worlds end"),
 ]
 
 
