@@ -77,7 +77,9 @@ def test_replayed_fragments_give_the_rollouts_log_probs(world):
     policy = load_policy(cfg.init)
     agent = _table_agent(make_agent(cfg, policy, torch.device("cpu"), Path(cfg.init)), load_goal_table(cfg.agent.goal_table, 16))
     planned = plan_update(cfg, load_suite(cfg.collect.suite), 0, {"left": 0, "right": 1})
+    agent.generator.manual_seed(0)
     ro = collect(agent, planned, num_envs=3, fragment=5, reward_factory=make_reward("task-success", {}))
+    agent.generator.manual_seed(0)
     assert len(ro.episodes) == 10
     S, K = ro.valid.shape
     # episode starts inside fragments (not only at their first step) are what this test is about
@@ -100,6 +102,10 @@ def test_replayed_fragments_give_the_rollouts_log_probs(world):
     from aimc.rl.rollouts import cnn_features, policy_forward
 
     ro.features = cnn_features(policy, ro, torch.device("cpu"))
+    kept = collect(agent, planned, num_envs=3, fragment=5, reward_factory=make_reward("task-success", {}),
+                   keep_features=True)  # the same episodes again (same sampling seed): acting's own CNN output
+    assert kept.features is not None and kept.features.shape == ro.features.shape
+    np.testing.assert_allclose(kept.features[kept.valid], ro.features[ro.valid], atol=1e-5)
     c = minibatch_tensors(ro, frags, torch.device("cpu"))
     assert "feat" in c and "img" not in c
     with torch.no_grad():

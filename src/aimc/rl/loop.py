@@ -436,8 +436,9 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
                  + (f", LoRA on {len(changes['lora'])} layers" if changes["lora"] else "")
                  + f"; {info.world_size} process(es) on {device}, {precision}; updates {done + 1}..{cfg.schedule.updates}")
         amp = (lambda: autocast(device, PRECISION_DTYPES[precision]))
-        # a frozen CNN (model.freeze [cnn]) runs once per update; every epoch and the reference reuse its
-        # features (one process: under torchrun the forward goes through DDP, which needs the whole model)
+        # a frozen CNN (model.freeze [cnn]) runs only while acting: every epoch and the reference reuse the
+        # features acting computed (one process: under torchrun the forward goes through DDP, which needs
+        # the whole model)
         cached_features = cnn_frozen(policy) and info.world_size == 1
         t_session = time.perf_counter()
         stop_note = ""
@@ -457,12 +458,13 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
             with threads(1 if device.type == "cpu" else 0):
                 ro = collect(agent, planned, num_envs=cfg.collect.num_envs, fragment=cfg.collect.fragment,
                              reward_factory=reward_factory, stop_on_success=cfg.collect.stop_on_success,
-                             workers=cfg.collect.workers, max_retries=cfg.collect.restart_crashed)
+                             workers=cfg.collect.workers, max_retries=cfg.collect.restart_crashed,
+                             keep_features=cached_features)
             t_collect = time.perf_counter() - t0
             # 3-4. reference log-probs, advantages
             with threads(cfg.runtime.threads):
                 t1 = time.perf_counter()
-                if cached_features:
+                if cached_features and ro.features is None:
                     ro.features = cnn_features(policy, ro, device, amp=amp)
                 t2 = time.perf_counter()
                 with adapters_off(policy) if cfg.ppo.ref == "adapters_off" else contextlib.nullcontext():

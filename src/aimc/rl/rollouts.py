@@ -108,10 +108,13 @@ def reset_at_every_first(policy: torch.nn.Module) -> Iterator[None]:
 
 def collect(agent: Any, planned: list[PlannedEpisode], *, num_envs: int, fragment: int,
             reward_factory: Callable[[Any, str | None], Any], stop_on_success: bool = True, workers: int = 0,
-            vec: Any = None, max_retries: int = 2, on_episode: Callable[[dict], None] | None = None) -> Rollout:
+            vec: Any = None, max_retries: int = 2, on_episode: Callable[[dict], None] | None = None,
+            keep_features: bool = False) -> Rollout:
     """Play every planned episode to its end with ``agent`` (an :class:`aimc.agent.Agent` at
     guidance 0) and return the update's :class:`Rollout`. A crashed env's episode is played
-    again from its seed (at most ``max_retries`` times) and recorded in ``Rollout.crashes``."""
+    again from its seed (at most ``max_retries`` times) and recorded in ``Rollout.crashes``.
+    ``keep_features``: keep the image encoder's output of every step as acting computed it
+    (``Rollout.features``; for a frozen CNN, so that the update never runs the CNN again)."""
     from aimc.agent.rollout import Episode, RolloutCollector
 
     queue = list(planned)
@@ -145,7 +148,11 @@ def collect(agent: Any, planned: list[PlannedEpisode], *, num_envs: int, fragmen
             queue.insert(0, PlannedEpisode(p.index, p.task, p.instruction, p.seed, p.env, p.horizon, p.retries + 1))
         current[cr.slot] = None
 
+    seen: list[Any] = [None]  # the image encoder's last output (B, 1, D)
     with contextlib.ExitStack() as stack:
+        if keep_features:
+            hook = agent.policy.net.img_process.register_forward_hook(lambda m, i, o: seen.__setitem__(0, o))
+            stack.callback(hook.remove)
         collector = RolloutCollector(agent, S, next_episode, workers=workers, vec=vec, on_start=started,
                                      on_crash=crashed)
         stack.enter_context(collector)
@@ -162,12 +169,17 @@ def collect(agent: Any, planned: list[PlannedEpisode], *, num_envs: int, fragmen
             if not records and not collector.active():
                 states.pop() if k % fragment == 0 else None
                 break
+            feats = seen[0][:, 0].float().cpu().numpy() if keep_features and seen[0] is not None else None
+            if feats is not None and len(feats) != S:
+                raise RuntimeError(f"the image encoder ran on {len(feats)} frames for {S} env slots: keep_features "
+                                   "needs the unguided policy (cond_scale 0)")
             row: dict[int, dict] = {}
             for r in records:
                 s = r.slot
                 c = current[s]
                 entry = {"img": obs[s], "goal": r.goal, "first": bool(firsts[s]) or r.t == 0, "action": r.action,
-                         "log_prob": r.log_prob, "value": r.value, "reward": 0.0, "terminal": True}
+                         "log_prob": r.log_prob, "value": r.value, "reward": 0.0, "terminal": True,
+                         "feat": feats[s] if feats is not None else None}
                 if r.crash is None:
                     reward = float(c["reward"].step(r.frame, r.measures))
                     c["success"].step(r.frame, r.measures)
@@ -205,6 +217,7 @@ def _to_arrays(rows: list[dict], states: list[Any], S: int, F: int, episodes: li
     actions = {h: np.zeros((S, K), np.int64) for h in heads}
     log_prob, value, reward = (np.zeros((S, K), np.float32) for _ in range(3))
     terminal, valid = np.zeros((S, K), bool), np.zeros((S, K), bool)
+    features = np.zeros((S, K, len(some["feat"])), np.float32) if some.get("feat") is not None else None
     from aimc.agent.rollout import fit_frame
 
     for k, row in enumerate(rows):
@@ -216,10 +229,12 @@ def _to_arrays(rows: list[dict], states: list[Any], S: int, F: int, episodes: li
                 actions[h][s, k] = e["action"][h]
             log_prob[s, k], value[s, k], reward[s, k] = e["log_prob"], e["value"], e["reward"]
             terminal[s, k], valid[s, k] = e["terminal"], True
+            if features is not None:
+                features[s, k] = e["feat"]
     while len(states) < K // F:  # cannot happen with whole fragments; kept for safety
         states.append(clone_state(states[-1]))
     return Rollout(img, goal, first, actions, log_prob, value, reward, terminal, valid, states[:K // F], F,
-                   episodes, crashes)
+                   episodes, crashes, features=features)
 
 
 def gae(reward: np.ndarray, value: np.ndarray, terminal: np.ndarray, valid: np.ndarray, gamma: float,
