@@ -88,4 +88,12 @@ def setup_world(tmp: Path, monkeypatch, seed: int = 0) -> dict[str, str]:
 def overrides(paths: dict[str, str], *extra: str) -> list[str]:
     return [f"init={paths['init']}", f"agent.goal_table={paths['table']}", f"collect.suite={paths['suite']}",
             "agent.device=cpu", "collect.workers=0", "collect.num_envs=4", "collect.episodes=16", "collect.fragment=4",
-            "collect.seed=0", "logging.tensorboard=false", "checkpoint.export=[.safetensors]", *extra]
+            "collect.seed=0", "logging.tensorboard=false", "checkpoint.export=[.safetensors]", "model.freeze=[cnn]",
+            "runtime.threads=1", "ppo.value_warmup=1", *extra]
+
+
+def preset_file(tmp: Path) -> str:
+    """A preset of the RLConfig defaults (the shipped presets name crafter-core's tasks)."""
+    p = tmp / "rl_test.yaml"
+    p.write_text("name: rl_test\n", encoding="utf-8")
+    return str(p)

@@ -18,7 +18,7 @@ def test_aimc_rl_command(tmp_path, monkeypatch):
     # the tiny world is registered in this process only: run the command's function in-process
     from aimc.cli import main
 
-    args = ["rl", "--init", paths["init"], "--out", str(tmp_path / "run"), "--quiet",
+    args = ["rl", "--init", paths["init"], "--out", str(tmp_path / "run"), "--quiet", "--preset", rl_world.preset_file(tmp_path),
             *[o for o in rl_world.overrides(paths, "schedule.updates=2") if not o.startswith("init=")]]
     assert main(args) == 0
     run = tmp_path / "run"
@@ -88,7 +88,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
 
     paths = rl_world.setup_world(Path(tmp) / f"worker{rank}", MP())
     paths["init"] = str(Path(tmp) / "rank0" / "init" / "policy.safetensors")  # the same start weights on both ranks
-    cfg = load_config(RLConfig, "rl_crafter", rl_world.overrides(paths, "schedule.updates=2", "ppo.lr=3e-3",
+    cfg = load_config(RLConfig, None, rl_world.overrides(paths, "schedule.updates=2", "ppo.lr=3e-3",
                                                                  "runtime.dist_backend=gloo"))
     out = run_rl(cfg, Path(tmp) / "run", progress=False)
     torch.save(out["policy"].state_dict(), Path(tmp) / f"weights{rank}.pt")

@@ -21,7 +21,7 @@ def world(tmp_path, monkeypatch):
 
 
 def cfg_of(paths, *extra):
-    return load_config(RLConfig, "rl_crafter", rl_world.overrides(paths, *extra))
+    return load_config(RLConfig, None, rl_world.overrides(paths, *extra))
 
 
 def _weights(path):
@@ -155,3 +155,38 @@ def test_a_continued_run_must_keep_its_settings(world, tmp_path):
     run_rl(cfg_of(world, "schedule.updates=1"), tmp_path / "run", progress=False)
     with pytest.raises(UserError, match="ppo.lr"):
         run_rl(cfg_of(world, "schedule.updates=2", "ppo.lr=1e-2"), tmp_path / "run", progress=False)
+
+
+def test_lora_with_the_adapters_off_as_reference(world, tmp_path):
+    """With LoRA the reference is the same model with its adapters off: no second copy; the
+    adapters and the value head learn, the exported weights are plain (merged)."""
+    from aimc.checkpoints.vpt import load_policy
+
+    cfg = cfg_of(world, "schedule.updates=3", "ppo.lr=3e-3", "model.lora.rank=4", "model.lora.targets=[pi_head.*]",
+                 "ppo.ref=adapters_off", "ppo.value_warmup=0")
+    out = run_rl(cfg, tmp_path / "run", progress=False)
+    rows = out["rows"]
+    assert 0 < rows[0]["stats"]["kl_ref"] < rows[-1]["stats"]["kl_ref"]  # the adapters move the policy away from it
+    final = _weights(out["final"])
+    assert not any("lora" in k for k in final)
+    start = _weights(cfg.init)
+    assert not torch.equal(final["pi_head.action.linear_layer.weight"], start["pi_head.action.linear_layer.weight"])
+    assert not torch.equal(final["value_head.linear.weight"], start["value_head.linear.weight"])
+    assert torch.equal(final["net.lastlayer.layer.weight"], start["net.lastlayer.layer.weight"])  # untouched
+    load_policy(out["final"])
+    # the reference really is the start: adapters off, a changed adapter changes nothing
+    from aimc.rl.loop import adapters_off
+    from aimc.train.lora import apply_lora
+
+    policy = load_policy(cfg.init)
+    x = (torch.zeros(2, 3, 64, 64, 3, dtype=torch.uint8), torch.ones(2, 3, 16), torch.ones(2, 3, dtype=torch.bool))
+    with torch.no_grad():
+        before = policy(*x, policy.initial_state(2))[0]["action"]
+        apply_lora(policy, ["pi_head.*"], 4, 16.0)
+        for n, p in policy.named_parameters():
+            if "lora_" in n:
+                p.normal_()
+        moved = policy(*x, policy.initial_state(2))[0]["action"]
+        with adapters_off(policy):
+            off = policy(*x, policy.initial_state(2))[0]["action"]
+    assert not torch.allclose(moved, before) and torch.equal(off, before)

@@ -396,6 +396,13 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
         precision = "bf16" if device.type == "cuda" and cfg.runtime.precision in ("auto", "bf16") else "fp32"
         learner, changes = setup_learner(learner_config(cfg, goal_dim), policy, info, device)
         learner.precision = precision
+        if "heads" not in cfg.model.freeze:  # LoRA freezes everything else; RL's value head must learn
+            value = [p for p in policy.value_head.parameters() if not p.requires_grad and p.dtype.is_floating_point
+                     and not any(p is q for q in policy.value_head.normalizer.parameters())]
+            for p in value:
+                p.requires_grad_(True)
+            if value:
+                learner.optimizer.add_param_group({"params": value, "weight_decay": 0.0})
         if cfg.ppo.ref == "adapters_off":
             ref = policy  # its reference pass runs with the adapters switched off
         else:
