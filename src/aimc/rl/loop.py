@@ -249,13 +249,26 @@ def eval_commands(cfg: RLConfig, run: Path) -> str:
 
 
 def curve_svg(rows: list[dict]) -> str:
-    from aimc.eval.report import svg_curves
+    """Success per task on the training rollouts against environment steps, with a legend."""
+    from aimc.eval.report import _esc, svg_curves
 
     tasks = sorted({t for r in rows for t in r["success"]})
     series = [(t, COLORS[i % len(COLORS)], [(r["env_steps"], r["success"][t]["rate"]) for r in rows if t in r["success"]])
               for i, t in enumerate(tasks)]
-    series.append(("mean", "#000000", [(r["env_steps"], r["mean_success"]) for r in rows]))
-    return svg_curves("success on the training rollouts", series, x_label="env steps")
+    series.append(("mean over tasks", "#000000", [(r["env_steps"], r["mean_success"]) for r in rows]))
+    chart = svg_curves("success on the training rollouts", series, x_label="env steps")
+    if not chart:
+        return ""
+    per_row = 3
+    lines = (len(series) + per_row - 1) // per_row
+    w, h = 420, 200 + 16 * lines + 6
+    legend = []
+    for i, (name, color, _) in enumerate(series):
+        x, y = 10 + (i % per_row) * 138, 200 + 16 * (i // per_row) + 12
+        legend.append(f'<rect x="{x}" y="{y - 8}" width="10" height="3" fill="{color}"/>'
+                      f'<text x="{x + 14}" y="{y - 4}" font-size="10" fill="#333">{_esc(name)}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+            f'<rect width="{w}" height="{h}" fill="#ffffff"/>' + chart + "".join(legend) + "</svg>")
 
 
 def _git() -> str:
