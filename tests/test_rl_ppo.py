@@ -190,3 +190,45 @@ def test_lora_with_the_adapters_off_as_reference(world, tmp_path):
         with adapters_off(policy):
             off = policy(*x, policy.initial_state(2))[0]["action"]
     assert not torch.allclose(moved, before) and torch.equal(off, before)
+
+
+def _store_of_action(root, action: int, n: int = 40, episodes: int = 3):
+    """Demonstrations that always take ``action`` (the tiny world never pays it)."""
+    from aimc.data.split import make_split
+    from aimc.data.store import EpisodeStore
+
+    store = EpisodeStore(root)
+    rng = np.random.default_rng(0)
+    for e in range(episodes):
+        anns = [{"start": 5, "end": 20, "text": "go left", "lang": "en", "event": "hit"}]
+        store.write_episode(f"demo{e}", np.full((n, 64, 64, 3), 100, np.uint8), {"action": np.full(n, action)},
+                            {"fps": 10}, annotations=anns, embeddings=rng.standard_normal((n, 16)).astype(np.float32),
+                            embed_valid=np.ones(n, bool))
+    make_split(store, val_frames=1, seed=0)
+    return root
+
+
+def test_ppo_plus_bc_pulls_towards_the_stores_actions(world, tmp_path):
+    """PPO + BC: a BC term on a store of action 3 (never paid) raises its probability; without the
+    term PPO alone lowers it."""
+    from aimc.checkpoints.vpt import load_policy
+
+    store = _store_of_action(tmp_path / "store", 3)
+    extra = ("schedule.updates=3", "ppo.lr=3e-3", "ppo.kl_coef=0", "ppo.value_warmup=0", "ppo.target_kl=0",
+             "collect.fragment=4")
+    plain = run_rl(cfg_of(world, *extra), tmp_path / "plain", progress=False)
+    bc = run_rl(cfg_of(world, *extra, f"bc.stores=[{store}]", "bc.coef=5", "bc.batch_size=4"), tmp_path / "bc",
+                progress=False)
+    assert all("bc_loss" in r["stats"] for r in bc["rows"]) and "bc_loss" not in plain["rows"][0]["stats"]
+    assert bc["rows"][-1]["stats"]["bc_loss"] < bc["rows"][0]["stats"]["bc_loss"]
+
+    def p3(weights):
+        policy = load_policy(weights)
+        x = (torch.full((2, 1, 64, 64, 3), 100, dtype=torch.uint8),
+             torch.from_numpy(np.load(world["table"])["left"])[None, None].repeat(2, 1, 1),
+             torch.ones(2, 1, dtype=torch.bool))
+        with torch.no_grad():
+            return float(policy(*x, policy.initial_state(2))[0]["action"][0, 0, 3].exp())
+
+    start, after_plain, after_bc = p3(world["init"]), p3(plain["final"]), p3(bc["final"])
+    assert after_bc > start > after_plain, (start, after_plain, after_bc)

@@ -161,6 +161,28 @@ class PPOConfig:
 
 
 @dataclass
+class RLBCConfig:
+    """PPO + BC: a behavioural-cloning term on episode stores, added to every PPO minibatch's loss."""
+
+    stores: list[str] = field(default_factory=list)
+    """Episode stores to clone (e.g. the demonstrations the policy was trained on); empty = no BC term."""
+    coef: float = 0.0
+    """Weight of the BC loss (mean negative log-likelihood per frame of the stores' actions)."""
+    preset: str = "crafter_finetune"
+    """aimc train preset whose data settings (relabelling, goals, p_uncond) draw the BC sequences."""
+    batch_size: int = 8
+    """BC sequences per minibatch, each collect.fragment frames long (replayed in the PPO forward)."""
+    overrides: list[str] = field(default_factory=list)
+    """TrainConfig overrides of the data settings, e.g. [data.p_uncond=0.1]."""
+
+    def __post_init__(self) -> None:
+        _check(self.coef >= 0, f"bc.coef must be >= 0, got {self.coef}")
+        _check(self.batch_size >= 1, f"bc.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.coef == 0 or bool(self.stores),
+               f"bc.coef={self.coef} needs episode stores to clone: set bc.stores=[PATH] (e.g. the demonstrations)")
+
+
+@dataclass
 class RLModelConfig:
     """What is trained (as aimc train's model.freeze and model.lora)."""
 
@@ -235,6 +257,7 @@ class RLConfig:
     collect: RLCollectConfig = field(default_factory=RLCollectConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     model: RLModelConfig = field(default_factory=RLModelConfig)
+    bc: RLBCConfig = field(default_factory=RLBCConfig)
     schedule: RLScheduleConfig = field(default_factory=RLScheduleConfig)
     checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -366,6 +366,24 @@ def adapters_off(policy: torch.nn.Module) -> Iterator[None]:
             m.scale = s
 
 
+def bc_source(cfg: RLConfig, goal_dim: int, info: Any) -> Any:
+    """The BC sequences of PPO + BC: ``aimc train``'s batch source over ``bc.stores`` with the
+    ``bc.preset``'s data settings, ``bc.batch_size`` sequences of ``collect.fragment`` frames."""
+    from aimc.train.config import TrainConfig
+    from aimc.train.data import make_sources
+
+    # sized for at least 1,000 updates, so that raising schedule.updates later draws the same batches
+    steps = max(cfg.schedule.updates, 1000) * cfg.ppo.epochs * cfg.ppo.minibatches
+    tcfg = load_config(TrainConfig, cfg.bc.preset, [
+        f"data.stores={json.dumps(list(cfg.bc.stores))}", "data.weights=[]", f"data.T={cfg.collect.fragment}",
+        f"optim.trunc_t={cfg.collect.fragment}", f"optim.batch_size={cfg.bc.batch_size}", "optim.grad_accum=1",
+        f"model.goal_dim={goal_dim}", "validation.enabled=false", f"runtime.seed={cfg.seed}",
+        f"schedule.n_frames={steps * cfg.bc.batch_size * cfg.collect.fragment * info.world_size}",
+        "schedule.warmup_frames=0", *cfg.bc.overrides])
+    source, _ = make_sources(tcfg, info.rank, info.world_size)
+    return source
+
+
 def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command: str = "",
            on_update: Callable[[int, dict], None] | None = None) -> dict:
     """Run (or continue) ``cfg.schedule.updates`` updates in ``run_dir``; returns a summary
@@ -431,6 +449,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
             suite, notes = choose_phrasings(suite, cfg.collect.lang, getattr(agent.mineclip, "langs", None))
             for text in notes:
                 print(text, file=sys.stderr) if info.is_main and progress else None
+        bc = bc_source(cfg, goal_dim, info) if cfg.bc.coef > 0 else None
         reward_factory = make_reward(cfg.collect.reward, cfg.collect.reward_options, mineclip=agent.mineclip)
 
         progress_ = ckpt.Progress()
@@ -495,8 +514,13 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
                 # 5. optimise
                 policy.train()
                 kl_coef = cfg.ppo.kl_coef * cfg.ppo.kl_decay ** u
+                bc_next = None
+                if bc is not None:  # batch k of the BC source: stateless by index, so a resumed run draws the same
+                    counter = iter(range(u * cfg.ppo.epochs * cfg.ppo.minibatches, (u + 1) * cfg.ppo.epochs * cfg.ppo.minibatches))
+                    bc_next = lambda: bc.batch(next(counter))  # noqa: E731
                 stats = ppo_update(learner, ro, cfg.ppo, kl_coef=kl_coef, rng=np.random.default_rng([cfg.seed, u, 7]),
-                                   info=info, policy_loss=u >= cfg.ppo.value_warmup)
+                                   info=info, policy_loss=u >= cfg.ppo.value_warmup, bc_coef=cfg.bc.coef,
+                                   bc_batch=bc_next)
                 policy.eval()
             stats.update(features_s=t2 - t1, reference_s=t3 - t2, optimise_s=time.perf_counter() - t3)
             dt = time.perf_counter() - t0

@@ -75,11 +75,36 @@ def minibatch_tensors(ro: Rollout, index: list[tuple[int, int]], device: torch.d
     return c
 
 
+def with_bc(c: dict[str, Any], state: Any, bc: dict[str, Any], policy: torch.nn.Module,
+            device: torch.device) -> tuple[dict[str, Any], Any, int]:
+    """Minibatch ``c`` with the BC sequences ``bc`` (B', T) appended as rows (fresh recurrent state),
+    so that one forward serves both (and DDP sees one forward); returns (chunk, state, PPO rows)."""
+    from aimc.models.vpt import state_batch_size
+
+    n = state_batch_size(state)
+    b = {k: (v.to(device) if isinstance(v, torch.Tensor) else torch.as_tensor(v).to(device))
+         for k, v in bc.items() if k in ("img", "goal", "first")}
+    out = dict(c)
+    out["goal"] = torch.cat([c["goal"], b["goal"].float()])
+    out["first"] = torch.cat([c["first"], b["first"].bool()])
+    if "feat" in c:  # the frozen CNN: the BC frames' features, no gradient
+        with torch.no_grad():
+            out["feat"] = torch.cat([c["feat"], policy.net.img_process(b["img"]).float()])
+    else:
+        out["img"] = torch.cat([c["img"], b["img"]])
+    out["bc_actions"] = {h: torch.as_tensor(a).to(device) for h, a in bc["actions"].items()}
+    fresh = policy.initial_state(b["first"].shape[0], device)
+    state = [tuple(torch.cat([x, y]) for x, y in zip(layer, new)) for layer, new in zip(state, fresh)]
+    return out, state, n
+
+
 def ppo_update(learner: Learner, ro: Rollout, cfg: PPOConfig, *, kl_coef: float, rng: np.random.Generator,
-               info: D.DistInfo | None = None, policy_loss: bool = True) -> dict[str, float]:
+               info: D.DistInfo | None = None, policy_loss: bool = True, bc_coef: float = 0.0,
+               bc_batch: Any = None) -> dict[str, float]:
     """``cfg.epochs`` passes of ``cfg.minibatches`` optimizer steps over the rollout's fragments
     (fewer when the approximate KL passes ``cfg.target_kl``); returns the update's statistics.
-    ``policy_loss`` False trains the value head's loss only (``ppo.value_warmup``)."""
+    ``policy_loss`` False trains the value head's loss only (``ppo.value_warmup``). ``bc_batch()``
+    (with ``bc_coef`` > 0) gives the behavioural-cloning sequences added to each minibatch (PPO + BC)."""
     info = info or D.DistInfo()
     policy, device = learner.policy, learner.device
     frags = ro.fragments
@@ -102,10 +127,17 @@ def ppo_update(learner: Learner, ro: Rollout, cfg: PPOConfig, *, kl_coef: float,
             index = [frags[i] for i in part]
             c = minibatch_tensors(ro, index, device)
             state = gather_states(ro.states, index, device)
+            rows = len(index)
+            if bc_coef > 0 and bc_batch is not None:
+                c, state, rows = with_bc(c, state, bc_batch(), policy, device)
             stats: dict[str, torch.Tensor] = {}
 
-            def loss_fn(model, pol, c, state, stats=stats):
+            def loss_fn(model, pol, c, state, stats=stats, rows=rows):
                 logits, vpred, new_state = policy_forward(model, pol, c, state)
+                bc_nll = None
+                if "bc_actions" in c:
+                    bc_nll = -pol.log_prob({h: lp[rows:] for h, lp in logits.items()}, c["bc_actions"]).float().mean()
+                    logits, vpred = {h: lp[:rows] for h, lp in logits.items()}, vpred[:rows]
                 valid = c["valid"].float()
                 n = valid.sum().clamp(min=1)
                 logp = pol.log_prob(logits, c["actions"]).float()
@@ -127,11 +159,15 @@ def ppo_update(learner: Learner, ro: Rollout, cfg: PPOConfig, *, kl_coef: float,
                 loss = cfg.vf_coef * v_loss
                 if policy_loss:
                     loss = loss + pg_loss + kl_coef * kl_ref - cfg.ent_coef * entropy
+                    if bc_nll is not None:
+                        loss = loss + bc_coef * bc_nll
                 with torch.no_grad():
                     stats.update(
                         policy_loss=pg_loss, value_loss=v_loss, entropy=entropy, kl_ref=kl_ref,
                         approx_kl=(((ratio - 1) - logratio) * valid).sum() / n,
                         clipfrac=(((ratio - 1).abs() > cfg.clip).float() * valid).sum() / n)
+                    if bc_nll is not None:
+                        stats["bc_loss"] = bc_nll
                 return loss, new_state
 
             step = optimizer_step(learner, _Fragments(c, state), 1, cfg.max_grad_norm, info, loss_fn=loss_fn)
