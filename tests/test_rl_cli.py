@@ -116,3 +116,16 @@ def test_two_processes_train_one_policy_on_their_own_worlds(tmp_path):
     for u in (0, 1):  # every world of the update played once, by one rank or the other
         seeds = sorted(e["seed"] for e in eps if e["update"] == u)
         assert seeds == list(range(u * 16, u * 16 + 16))
+
+
+def test_a_policy_of_another_env_is_refused(tmp_path, monkeypatch):
+    from aimc.config import load_config
+    from aimc.errors import UserError
+    from aimc.rl.config import RLConfig
+    from aimc.rl.loop import run_rl
+
+    paths = rl_world.setup_world(tmp_path, monkeypatch)
+    over = [o for o in rl_world.overrides(paths) if not o.startswith("collect.suite=")]
+    cfg = load_config(RLConfig, None, [*over, "collect.suite=crafter-core"])  # 17 Crafter actions; the policy has 4
+    with pytest.raises(UserError, match="action heads"):
+        run_rl(cfg, tmp_path / "run", progress=False)

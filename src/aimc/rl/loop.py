@@ -366,6 +366,35 @@ def adapters_off(policy: torch.nn.Module) -> Iterator[None]:
             m.scale = s
 
 
+def check_heads(policy: Any, suite: Any, init: Path) -> None:
+    """The policy's action heads must be the env's (a Crafter policy cannot play Minecraft)."""
+    from aimc.agent.envs import ENVS
+
+    env_heads = getattr(ENVS.get(str(suite.env.get("name", ""))), "action_heads", None)
+    mine = dict(policy.cfg.action_heads)
+    if isinstance(env_heads, dict) and dict(env_heads) != mine:
+        raise UserError(f"--init {init}: the policy's action heads {mine} are not those of the env "
+                        f"{suite.env.get('name')!r} of suite {suite.name} ({dict(env_heads)}): use weights trained "
+                        "for that env, or a suite of its env (collect.suite)")
+
+
+def check_gpu_memory(cfg: RLConfig, policy: Any, device: torch.device) -> None:
+    """Stop before any episode when the estimate (:mod:`aimc.rl.preflight`) exceeds the free GPU memory."""
+    from aimc.models.vpt import STEVE1Policy
+    from aimc.rl.preflight import estimate, memory_report
+
+    with torch.device("meta"):  # the shapes without the memory
+        shadow = STEVE1Policy(policy.cfg)
+    free, _total = torch.cuda.mem_get_info(device)
+    need = estimate(cfg, shadow)["total_gib"]
+    if need > 0.95 * free / 2**30:
+        with torch.device("meta"):
+            shadow = STEVE1Policy(policy.cfg)
+        raise UserError(f"aimc rl needs about {need:.1f} GiB of GPU memory but {free / 2**30:.1f} GiB are free on "
+                        f"{device}:\n" + memory_report(cfg, card_gib=free / 2**30, policy=shadow,
+                                                               card=f"the free memory of {device}"))
+
+
 def bc_source(cfg: RLConfig, goal_dim: int, info: Any) -> Any:
     """The BC sequences of PPO + BC: ``aimc train``'s batch source over ``bc.stores`` with the
     ``bc.preset``'s data settings, ``bc.batch_size`` sequences of ``collect.fragment`` frames."""
@@ -423,6 +452,9 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
         torch.manual_seed(cfg.seed)
         policy = load_policy(init)
         goal_dim = int(policy.cfg.mineclip_embed_dim)
+        check_heads(policy, suite, init)
+        if device.type == "cuda":
+            check_gpu_memory(cfg, policy, device)
         table = load_goal_table(cfg.agent.goal_table, goal_dim) if cfg.agent.goal_table else None
         precision = "bf16" if device.type == "cuda" and cfg.runtime.precision in ("auto", "bf16") else "fp32"
         learner, changes = setup_learner(learner_config(cfg, goal_dim), policy, info, device)

@@ -49,17 +49,18 @@ def estimate(cfg: RLConfig, policy: Any = None) -> dict[str, float]:
             "total_gib": total, "frames_per_minibatch": float(frames), "parameters": float(n)}
 
 
-def memory_report(cfg: RLConfig, card_gib: float = CARD_GIB, policy: Any = None) -> str:
-    """A few lines: the estimate and whether it fits ``card_gib``, with the fixes when it does not."""
+def memory_report(cfg: RLConfig, card_gib: float = CARD_GIB, policy: Any = None, card: str = "a 24 GB card") -> str:
+    """A few lines: the estimate and whether it fits ``card_gib`` (``card`` names it), with the fixes
+    when it does not."""
     e = estimate(cfg, policy)
     fits = e["total_gib"] <= 0.95 * card_gib
     lines = [f"aimc rl memory pre-flight ({e['parameters'] / 1e6:.0f}M parameters, up to "
              f"{e['frames_per_minibatch']:,.0f} frames per minibatch):",
-             f"  policy weights + gradients + AdamW state  {e['states_gib']:6.1f} GiB",
-             f"  reference policy ({cfg.ppo.ref})            {e['reference_gib']:6.1f} GiB",
-             f"  activations of one minibatch              {e['activations_gib']:6.1f} GiB",
-             f"  total                                     {e['total_gib']:6.1f} GiB -> "
-             + (f"fits a 24 GB card ({card_gib:.1f} GiB)" if fits else f"does NOT fit a 24 GB card ({card_gib:.1f} GiB)")]
+             f"  {'policy weights + gradients + AdamW state':<44}{e['states_gib']:6.1f} GiB",
+             f"  {'reference policy (' + cfg.ppo.ref + ')':<44}{e['reference_gib']:6.1f} GiB",
+             f"  {'activations of one minibatch':<44}{e['activations_gib']:6.1f} GiB",
+             f"  {'total':<44}{e['total_gib']:6.1f} GiB -> "
+             + (f"fits {card} ({card_gib:.1f} GiB)" if fits else f"does NOT fit {card} ({card_gib:.1f} GiB)")]
     if not fits:
         fixes = [f"ppo.minibatches={cfg.ppo.minibatches * 2} (half the frames per optimizer step)"]
         if "cnn" not in cfg.model.freeze:
