@@ -493,6 +493,8 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
         done = progress_.step
         rows = [r for r in _read_jsonl(run / "updates.jsonl") if r["update"] < done]
         episodes_log = [e for e in _read_jsonl(run / "episodes.jsonl") if e["update"] < done]
+        if info.is_main and (run / "crashes.jsonl").is_file():  # an update replayed after a kill records its crashes again
+            _write_jsonl(run / "crashes.jsonl", [c for c in _read_jsonl(run / "crashes.jsonl") if c["update"] < done])
         meta_path = run / "rl.json"
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": _git(), "sessions": []}
@@ -556,7 +558,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
                 policy.eval()
             stats.update(features_s=t2 - t1, reference_s=t3 - t2, optimise_s=time.perf_counter() - t3)
             dt = time.perf_counter() - t0
-            steps = int(D.mean_across(torch.tensor(float(ro.steps)), info)) * info.world_size
+            steps = round(float(D.mean_across(torch.tensor(float(ro.steps), device=device), info)) * info.world_size)
             progress_.step = u + 1
             progress_.frames += steps
             progress_.wall_seconds += dt
