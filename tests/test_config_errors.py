@@ -48,6 +48,7 @@ BAD = [
     ("aimc.rl.config", "RLCollectConfig", {"seed": 1_000_000}, "collect.seed"),
     ("aimc.rl.config", "PPOConfig", {"clip": 0.0}, "ppo.clip"),
     ("aimc.rl.config", "RLBCConfig", {"coef": 1.0}, "bc.coef=1.0 needs episode stores"),
+    ("aimc.rl.config", "RLEvalConfig", {"seed": 2_000_000}, "eval.seed"),
     ("aimc.rl.config", "RLScheduleConfig", {"updates": 0}, "schedule.updates"),
     ("aimc.rl.config", "RLCheckpointConfig", {"export": [".pt"]}, "checkpoint.export"),
     ("aimc.rl.config", "RLRuntimeConfig", {"precision": "fp16"}, "runtime.precision"),

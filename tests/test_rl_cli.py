@@ -19,7 +19,8 @@ def test_aimc_rl_command(tmp_path, monkeypatch):
     from aimc.cli import main
 
     args = ["rl", "--init", paths["init"], "--out", str(tmp_path / "run"), "--quiet", "--preset", rl_world.preset_file(tmp_path),
-            *[o for o in rl_world.overrides(paths, "schedule.updates=2") if not o.startswith("init=")]]
+            *[o for o in rl_world.overrides(paths, "eval.episodes=3", "eval.workers=0", "schedule.updates=2")
+              if not o.startswith("init=")]]
     assert main(args) == 0
     run = tmp_path / "run"
     for f in ("README.md", "config.yaml", "updates.jsonl", "episodes.jsonl", "curve.svg", "final.safetensors",
@@ -27,6 +28,13 @@ def test_aimc_rl_command(tmp_path, monkeypatch):
         assert (run / f).is_file(), f
     rows = [json.loads(x) for x in (run / "updates.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [0, 1]
+    # its own evaluation of the best weights on validation worlds, at guidance scales 1 and 0
+    ev = json.loads((run / "rl.json").read_text())["eval"]
+    assert set(ev["scales"]) == {"1", "0"} and all(set(t) == {"left", "right"} for t in ev["scales"].values())
+    assert all(e["n"] == 3 for t in ev["scales"].values() for e in t.values())
+    results = [json.loads(x) for x in (run / "eval" / "cs1" / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["seed"] for r in results}) == [4_000_000, 4_000_001, 4_000_002]
+    assert "## Evaluation of `best.safetensors` on validation worlds" in (run / "README.md").read_text()
     # the same command again with more updates continues the run
     assert main([*args[:-1], "schedule.updates=3"] if args[-1] == "schedule.updates=2" else args + ["schedule.updates=3"]) == 0
     rows = [json.loads(x) for x in (run / "updates.jsonl").read_text().splitlines()]

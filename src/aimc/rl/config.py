@@ -192,6 +192,35 @@ class RLModelConfig:
     """LoRA adapters (rank 0 = none); merged into plain weights on export."""
 
 
+VALIDATION_WORLDS_START = 4_000_000
+
+
+@dataclass
+class RLEvalConfig:
+    """The run's own evaluation at the end: the best weights on validation worlds, at every scale
+    of agent.eval_cond_scales (instructed episodes only; never the suites' or the test worlds)."""
+
+    episodes: int = 0
+    """Episodes per task and guidance scale (0 = no evaluation: run aimc eval yourself)."""
+    seed: int = VALIDATION_WORLDS_START
+    """First validation world (at least 4,000,000); episode k plays seed + k."""
+    max_steps: int = 0
+    """Horizon; 0 = each task's max_steps in the suite."""
+    num_envs: int = 8
+    """Episodes played at once."""
+    workers: int = 2
+    """Env processes (0 = in this process)."""
+
+    def __post_init__(self) -> None:
+        _check(self.episodes >= 0, f"eval.episodes must be >= 0, got {self.episodes}")
+        _check(self.seed >= VALIDATION_WORLDS_START,
+               f"eval.seed must be >= {VALIDATION_WORLDS_START:,}: lower seeds are training worlds (below 1,000,000), "
+               f"the evaluation suites' worlds (1,000,000+) or the test worlds (2,000,000+, 3,000,000+), got {self.seed:,}")
+        _check(self.max_steps >= 0 and self.num_envs >= 1 and self.workers >= 0,
+               f"eval.max_steps and eval.workers must be >= 0 and eval.num_envs >= 1, got {self.max_steps}, "
+               f"{self.workers}, {self.num_envs}")
+
+
 @dataclass
 class RLScheduleConfig:
     """How long the run is."""
@@ -258,6 +287,7 @@ class RLConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     model: RLModelConfig = field(default_factory=RLModelConfig)
     bc: RLBCConfig = field(default_factory=RLBCConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
     schedule: RLScheduleConfig = field(default_factory=RLScheduleConfig)
     checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -174,9 +174,18 @@ def plan_update(cfg: RLConfig, suite: Any, u: int, goal_table: dict[str, np.ndar
     return out
 
 
-def _table_agent(agent: Any, table: dict[str, np.ndarray]) -> Any:
-    """Goals looked up by name in the table (zero goal for None)."""
-    agent.goal = lambda instruction, seed: agent.zero_goal() if instruction is None else table[instruction]
+def _table_agent(agent: Any, table: dict[str, np.ndarray], suite: Any = None) -> Any:
+    """Goals looked up by name in the table (zero goal for None); with ``suite``, an instruction's
+    text also finds its task's goal (as evaluation names episodes by their phrasing)."""
+    names = {ins.text: t.id for t in suite.tasks for ins in t.instructions if t.id in table} if suite is not None else {}
+
+    def goal(instruction: str | None, seed: int) -> np.ndarray:
+        if instruction is None:
+            return agent.zero_goal()
+        return table[instruction if instruction in table else names[instruction]]
+
+    agent.goal = goal
+    agent._table = table
     return agent
 
 
@@ -237,6 +246,19 @@ def readme_text(cfg: RLConfig, run: Path, rows: list[dict], meta: dict) -> str:
                      + f" | {r['mean_success']:.2f} | {f('kl_ref', '{:.4f}')} | {f('approx_kl', '{:.4f}')} | "
                        f"{f('clipfrac')} | {f('explained_variance', '{:.2f}')} | {f('entropy', '{:.2f}')} | "
                        f"{f('epochs', '{:.0f}')} | {r['steps_per_s']:.0f} |")
+    ev = meta.get("eval")
+    if ev:
+        scales = list(ev["scales"])
+        ev_tasks = sorted({t for sc in ev["scales"].values() for t in sc})
+        lines += ["", f"## Evaluation of `{Path(ev['weights']).name}` on validation worlds from {ev['seed']:,} "
+                      f"({ev['episodes']} instructed episodes per task)", "",
+                  "| task | " + " | ".join(f"cond scale {s}" for s in scales) + " |", "|" + "---|" * (len(scales) + 1)]
+        for t in ev_tasks:
+            cells = []
+            for sc in scales:
+                e = ev["scales"][sc].get(t)
+                cells.append(f"{e['successes']}/{e['n']} = {e['rate']:.2f} [{e['low']:.2f}, {e['high']:.2f}]" if e else "-")
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += ["", "## Next", "",
               "- more updates: the same `aimc rl` command with a higher `schedule.updates=N` and the same `--out`;",
               f"- evaluate on worlds never used here: {eval_commands(cfg, run)}."]
@@ -393,6 +415,37 @@ def check_gpu_memory(cfg: RLConfig, policy: Any, device: torch.device) -> None:
         raise UserError(f"aimc rl needs about {need:.1f} GiB of GPU memory but {free / 2**30:.1f} GiB are free on "
                         f"{device}:\n" + memory_report(cfg, card_gib=free / 2**30, policy=shadow,
                                                                card=f"the free memory of {device}"))
+
+
+def evaluate(cfg: RLConfig, suite: Any, weights: Path, agent: Any, run: Path, progress: bool) -> dict:
+    """``eval.episodes`` instructed episodes per task on validation worlds, with ``weights``, at every
+    scale of ``agent.eval_cond_scales``; an ``aimc eval`` folder each (``RUN/eval/cs<scale>``)."""
+    from dataclasses import replace as dc_replace
+
+    from aimc.agent.agent import Agent
+    from aimc.checkpoints.vpt import load_policy
+    from aimc.eval.report import write_summary
+    from aimc.eval.runner import run_suite
+    from aimc.eval.suite import Suite
+
+    tasks = tuple(suite.select(cfg.collect.tasks).tasks) if cfg.collect.tasks else tuple(suite.tasks)
+    if cfg.eval.max_steps:
+        tasks = tuple(dc_replace(t, max_steps=min(t.max_steps, cfg.eval.max_steps)) for t in tasks)
+    vsuite = Suite(name=f"{suite.name}-rl-validation", tasks=tasks, env=dict(suite.env), episodes=cfg.eval.episodes,
+                   max_steps=max(t.max_steps for t in tasks), seed=cfg.eval.seed, matrix=False, unconditioned=False,
+                   description=f"aimc rl validation worlds of {suite.name}", source=suite.source)
+    out: dict[str, Any] = {}
+    for scale in cfg.agent.eval_cond_scales:
+        ev = Agent(load_policy(weights), agent.mineclip, agent.prior, cond_scale=scale, device=agent.device,
+                   seed=cfg.seed, name=str(weights))
+        if getattr(agent, "_table", None) is not None:
+            _table_agent(ev, agent._table, vsuite)
+        folder = run / "eval" / f"cs{scale:g}"
+        with threads(1 if agent.device.type == "cpu" else 0):
+            run_suite(vsuite, ev, folder, num_envs=cfg.eval.num_envs, workers=cfg.eval.workers, progress=progress)
+        summary = write_summary(folder, vsuite)
+        out[f"{scale:g}"] = {tid: e["instructed"] for tid, e in summary["tasks"].items()}
+    return out
 
 
 def bc_source(cfg: RLConfig, goal_dim: int, info: Any) -> Any:
@@ -618,6 +671,10 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
                 meta["stopped"] = stop_note
             atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
             final, best_w = export(policy, run, list(cfg.checkpoint.export))
+            if cfg.eval.episodes and rows:
+                meta["eval"] = {"weights": str(best_w or final), "seed": cfg.eval.seed, "episodes": cfg.eval.episodes,
+                                "scales": evaluate(cfg, suite, Path(best_w or final), agent, run, progress)}
+                atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
             atomic_write_text(run / "README.md", readme_text(cfg, run, rows, meta))
             if rows:
                 atomic_write_text(run / "curve.svg", curve_svg(rows))
