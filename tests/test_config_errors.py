@@ -48,6 +48,16 @@ BAD = [
     ("aimc.online.plan", "StageConfig", {"name": "a b"}, "name must be a short name"),
     ("aimc.online.plan", "ContinualEvalConfig", {"episodes": 0}, "evaluate.episodes"),
     ("aimc.online.plan", "ContinualConfig", {"frames": 0}, "frames must be > 0"),
+    ("aimc.rl.config", "RLAgentConfig", {"device": "tpu"}, "agent.device"),
+    ("aimc.rl.config", "RLCollectConfig", {"seed": 1_000_000}, "collect.seed"),
+    ("aimc.rl.config", "PPOConfig", {"clip": 0.0}, "ppo.clip"),
+    ("aimc.rl.config", "RLBCConfig", {"coef": 1.0}, "bc.coef=1.0 needs episode stores"),
+    ("aimc.rl.config", "RLEvalConfig", {"seed": 2_000_000}, "eval.seed"),
+    ("aimc.rl.config", "RLScheduleConfig", {"updates": 0}, "schedule.updates"),
+    ("aimc.rl.config", "RLCheckpointConfig", {"export": [".pt"]}, "checkpoint.export"),
+    ("aimc.rl.config", "RLRuntimeConfig", {"precision": "fp16"}, "runtime.precision"),
+    ("aimc.rl.config", "RLConfig", {"schedule": __import__("aimc.rl.config").rl.config.RLScheduleConfig(updates=100_000)},
+     "training worlds end"),
 ]
 
 

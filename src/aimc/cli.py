@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "aimc.eval.commands",
     "aimc.tune.commands",
     "aimc.online.commands",
+    "aimc.rl.commands",
     "aimc.quickstart",
 )
 
