@@ -242,7 +242,7 @@ def readme_text(cfg: RLConfig, run: Path, rows: list[dict], meta: dict) -> str:
             v = s.get(k)
             return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
-        lines.append(f"| {r['update']} | {r['env_steps']:,} | " + " | ".join(cells)
+        lines.append(f"| {r['update'] + 1} | {r['env_steps']:,} | " + " | ".join(cells)
                      + f" | {r['mean_success']:.2f} | {f('kl_ref', '{:.4f}')} | {f('approx_kl', '{:.4f}')} | "
                        f"{f('clipfrac')} | {f('explained_variance', '{:.2f}')} | {f('entropy', '{:.2f}')} | "
                        f"{f('epochs', '{:.0f}')} | {r['steps_per_s']:.0f} |")
@@ -266,7 +266,15 @@ def readme_text(cfg: RLConfig, run: Path, rows: list[dict], meta: dict) -> str:
 
 
 def eval_commands(cfg: RLConfig, run: Path) -> str:
-    return " and ".join(f"`aimc eval --weights {run / 'best.safetensors'} --suite {cfg.collect.suite} "
+    """``aimc eval`` of the best weights at each of ``agent.eval_cond_scales``, with the MineCLIP and
+    prior the run acted with (they are not beside the run's own weights)."""
+    from aimc.agent.agent import find_companion
+
+    files = ""
+    for kind, given in (("mineclip", cfg.agent.mineclip), ("prior", cfg.agent.prior)):
+        path = given or (find_companion(cfg.init, kind) if cfg.init else None)
+        files += f" --{kind} {path}" if path else ""
+    return " and ".join(f"`aimc eval --weights {run / 'best.safetensors'}{files} --suite {cfg.collect.suite} "
                         f"--cond-scale {s:g} --out {run / f'eval_cs{s:g}'}`" for s in cfg.agent.eval_cond_scales)
 
 
