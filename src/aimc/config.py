@@ -271,6 +271,18 @@ def to_dict(cfg: Any) -> dict:
     return conv(cfg)
 
 
+def flat_settings(d: dict, keep: tuple[str, ...] = (), prefix: str = "") -> dict[str, Any]:
+    """A nested settings dict as {dotted key: value}; dicts under a key named in ``keep`` (free-form
+    maps such as per-task options) stay whole. What a resumed run compares with its saved config."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in keep:
+            out.update(flat_settings(v, keep, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls`` <- preset YAML (if any) <- dotted overrides.
 

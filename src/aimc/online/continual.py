@@ -41,12 +41,11 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from aimc.config import load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.online.plan import RESERVED_WORLDS_START, TRAIN_WORLDS_END, ContinualConfig
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_text, read_state_json, write_state_json
 
 STATE_FILE = "continual.json"
 PLAN_FILE = "plan.yaml"
@@ -283,14 +282,7 @@ def forgetting_matrix(plan: ContinualConfig, state: dict) -> dict:
 
 
 def load_state(run: Path) -> dict:
-    p = Path(run) / STATE_FILE
-    if not p.is_file():
-        return {"stages": {}}
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: not valid JSON ({e}); it is written atomically, so it was edited by hand: "
-                        "fix it or start a new --out") from e
+    return read_state_json(Path(run) / STATE_FILE, {"stages": {}})
 
 
 def check_same_plan(run: Path, plan: ContinualConfig) -> None:
@@ -457,7 +449,7 @@ def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phas
 
     def save() -> None:
         matrix = forgetting_matrix(plan, state)
-        atomic_write_text(run / STATE_FILE, json.dumps(state, indent=1, ensure_ascii=False, default=str) + "\n")
+        write_state_json(run / STATE_FILE, state)
         atomic_write_text(run / MATRIX_FILE, json.dumps(matrix, indent=1, ensure_ascii=False) + "\n")
         from aimc.eval.report import forgetting_markdown
 

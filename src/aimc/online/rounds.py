@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 
-from aimc.config import load_config, save_config, to_dict
+from aimc.config import flat_settings, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.online.config import OnlineConfig
 from aimc.online.labellers import Labels, PlayedEpisode, check_labels, labelled_segments, make_labeller
-from aimc.utils.io import atomic_write_text
+from aimc.utils.io import atomic_write_text, read_state_json, write_state_json
 
 STATE_FILE = "online.json"
 CONFIG_FILE = "config.yaml"
@@ -472,18 +472,11 @@ def make_agent(weights: str, models: Models, cfg: OnlineConfig, seed: int):
 
 
 def load_state(run: Path) -> dict:
-    p = Path(run) / STATE_FILE
-    if not p.is_file():
-        return {"rounds": {}}
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: not valid JSON ({e}); it is written atomically, so it was edited by hand: "
-                        "fix it or start a new --out") from e
+    return read_state_json(Path(run) / STATE_FILE, {"rounds": {}})
 
 
 def save_state(run: Path, state: dict) -> None:
-    atomic_write_text(Path(run) / STATE_FILE, json.dumps(state, indent=1, ensure_ascii=False, default=str) + "\n")
+    write_state_json(Path(run) / STATE_FILE, state)
 
 
 def check_same_config(run: Path, cfg: OnlineConfig) -> None:
@@ -496,16 +489,7 @@ def check_same_config(run: Path, cfg: OnlineConfig) -> None:
     old = to_dict(load_config(OnlineConfig, path))
     new = to_dict(cfg)
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and k not in ("instructions", "options"):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(old), flat(new)
+    a, b = flat_settings(old, ("instructions", "options")), flat_settings(new, ("instructions", "options"))
     diff = [k for k in sorted(set(a) | set(b)) if k not in CONTINUABLE and a.get(k) != b.get(k)]
     if diff:
         k = diff[0]

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aimc.config import load_config, save_config, to_dict
+from aimc.config import flat_settings, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.rl.config import RLConfig
 from aimc.rl.rollouts import PlannedEpisode, cnn_features, cnn_frozen, collect, gae, reference_log_probs
@@ -315,7 +315,8 @@ def check_same_config(run: Path, cfg: RLConfig) -> None:
     path = run / CONFIG_FILE
     if not path.is_file():
         return
-    old, new = _flat(to_dict(load_config(RLConfig, path))), _flat(to_dict(cfg))
+    keep = ("task_weights", "reward_options")
+    old, new = flat_settings(to_dict(load_config(RLConfig, path)), keep), flat_settings(to_dict(cfg), keep)
     diff = [k for k in sorted(set(old) | set(new)) if k not in CONTINUABLE and old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
@@ -323,16 +324,6 @@ def check_same_config(run: Path, cfg: RLConfig) -> None:
                         + (f" (and {len(diff) - 1} more differences)" if len(diff) > 1 else "")
                         + "; continue it with the settings it started with (only schedule.updates, schedule.max_seconds, "
                           "name and runtime.threads may change), or choose a new --out")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("task_weights", "reward_options"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _read_jsonl(path: Path) -> list[dict]:

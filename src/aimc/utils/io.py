@@ -125,3 +125,27 @@ def clean_tmp_dirs(parent: str | Path) -> int:
                 p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def read_state_json(path: str | Path, empty: dict) -> dict:
+    """A run's state file (written atomically with :func:`write_state_json`), or ``empty`` when
+    there is none yet; a file that is not JSON was edited by hand, and the error says so."""
+    import json
+
+    from aimc.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        return empty
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not valid JSON ({e}); it is written atomically, so it was edited by hand: "
+                        "fix it or start a new --out") from e
+
+
+def write_state_json(path: str | Path, state: dict) -> None:
+    """Write a run's state atomically (a kill leaves the previous state or the new one)."""
+    import json
+
+    atomic_write_text(path, json.dumps(state, indent=1, ensure_ascii=False, default=str) + "\n")
