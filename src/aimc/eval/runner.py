@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
+from aimc.agent.agent import acting_threads
 from aimc.agent.rollout import Crash, Episode, RolloutCollector, StepRecord
 from aimc.errors import UserError
 from aimc.eval.suite import UNCONDITIONED, Suite, SuccessTracker
@@ -326,7 +327,7 @@ def run_suite(
     collector = RolloutCollector(agent, num_envs, next_episode, workers=workers, on_start=started, on_step=stepped,
                                  on_crash=crashed)
     try:
-        with bar:
+        with bar, acting_threads(agent):  # one torch thread on a CPU (a shared machine stalls with more)
             while collector.step():
                 pass
     finally:

@@ -425,7 +425,8 @@ def run_continual(plan: ContinualConfig, run_dir: str | Path, *, progress: bool 
 def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phase) -> dict:
     from rich.console import Console
 
-    from aimc.online.rounds import acting_threads, export_as, load_models, make_agent
+    from aimc.agent.agent import acting_threads
+    from aimc.online.rounds import export_as, load_models, make_agent
     from aimc.train.rundir import git_revision
 
     console = Console(stderr=True, quiet=not progress, highlight=False)

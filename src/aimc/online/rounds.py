@@ -38,18 +38,18 @@ latest checkpoint; validation from its ``results.jsonl``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aimc.agent.agent import acting_threads
 from aimc.config import flat_settings, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.online.config import OnlineConfig
@@ -436,24 +436,6 @@ def load_models(cfg: OnlineConfig) -> Models:
         raise UserError(f"no prior checkpoint found near {cfg.init}: instructions become goals through it, pass --prior PATH")
     return Models(load_mineclip(clip_path), load_prior(prior_path), dict(policy.cfg.action_heads),
                   int(policy.cfg.mineclip_embed_dim), str(clip_path), str(prior_path))
-
-
-@contextlib.contextmanager
-def acting_threads(agent) -> Iterator[None]:
-    """One torch thread while an agent acts on the CPU: a batch of a few small frames gains nothing
-    from more, and on a machine shared with other jobs two threads made each step of the built-in
-    world's policy for 8 worlds 90 times slower (675 ms against 7.4 ms, docs/online.md)."""
-    import torch
-
-    if agent.device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_agent(weights: str, models: Models, cfg: OnlineConfig, seed: int):
