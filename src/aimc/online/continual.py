@@ -427,7 +427,7 @@ def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phas
 
     from aimc.agent.agent import acting_threads
     from aimc.online.rounds import export_as, load_models, make_agent
-    from aimc.train.rundir import git_revision
+    from aimc.train.rundir import open_session
 
     console = Console(stderr=True, quiet=not progress, highlight=False)
     check_plan_inputs(plan)
@@ -440,12 +440,8 @@ def _run(plan: ContinualConfig, run: Path, progress: bool, command: str, on_phas
     run.mkdir(parents=True, exist_ok=True)
     save_config(plan, run / PLAN_FILE)
     state = load_state(run)
-    now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    state.setdefault("started", now)
-    state.setdefault("git", git_revision())
-    state["run"] = str(run)
+    open_session(state, run, command or "run_continual() from Python")
     state["models"] = {"mineclip": models.mineclip_path, "prior": models.prior_path}
-    state.setdefault("sessions", []).append({"started": now, "command": command or "run_continual() from Python"})
     stages = state.setdefault("stages", {})
 
     def save() -> None:

@@ -668,7 +668,7 @@ def _run_online(cfg: OnlineConfig, run: Path, progress: bool, command: str,
     from aimc.data.store import EpisodeStore
     from aimc.eval.runner import check_measures
     from aimc.eval.suite import load_suite
-    from aimc.train.rundir import git_revision
+    from aimc.train.rundir import open_session
 
     console = Console(stderr=True, quiet=not progress, highlight=False)
     check_inputs(cfg)
@@ -686,12 +686,8 @@ def _run_online(cfg: OnlineConfig, run: Path, progress: bool, command: str,
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / CONFIG_FILE)
     state = load_state(run)
-    now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    state.setdefault("started", now)
-    state.setdefault("git", git_revision())
-    state["run"] = str(run)
+    open_session(state, run, command or "run_online() from Python")
     state["models"] = {"mineclip": models.mineclip_path, "prior": models.prior_path}
-    state.setdefault("sessions", []).append({"started": now, "command": command or "run_online() from Python"})
     state.setdefault("rounds", {})
     store = EpisodeStore(run / "store", embed_dtype="float32")
     earlier = EarlierData()

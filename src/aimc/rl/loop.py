@@ -59,7 +59,8 @@ from aimc.config import flat_settings, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.rl.config import RLConfig
 from aimc.rl.rollouts import PlannedEpisode, cnn_features, cnn_frozen, collect, gae, reference_log_probs
-from aimc.utils.io import atomic_write_text
+from aimc.train.rundir import open_session
+from aimc.utils.io import atomic_write_text, read_state_json
 
 CONFIG_FILE = "config.yaml"
 CONTINUABLE = {"schedule.updates", "schedule.max_seconds", "name", "runtime.threads", "logging.progress"}
@@ -301,15 +302,6 @@ def curve_svg(rows: list[dict]) -> str:
             f'<rect width="{w}" height="{h}" fill="#ffffff"/>' + chart + "".join(legend) + "</svg>")
 
 
-def _git() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
 
 def check_same_config(run: Path, cfg: RLConfig) -> None:
     path = run / CONFIG_FILE
@@ -548,10 +540,8 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
         if info.is_main and (run / "crashes.jsonl").is_file():  # an update replayed after a kill records its crashes again
             _write_jsonl(run / "crashes.jsonl", [c for c in _read_jsonl(run / "crashes.jsonl") if c["update"] < done])
         meta_path = run / "rl.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {
-            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": _git(), "sessions": []}
-        meta["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                                 "command": command or "run_rl()", "from_update": done})
+        meta = read_state_json(meta_path, {})
+        open_session(meta, run, command or "run_rl()", from_update=done)
         best = -math.inf
         for i in range(len(rows)):
             best = max(best, best_score(rows[: i + 1], cfg.checkpoint.best_window))

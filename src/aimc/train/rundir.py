@@ -51,6 +51,19 @@ def git_revision() -> str:
         return "unknown"
 
 
+def open_session(state: dict, run: Path, command: str, **extra: Any) -> str:
+    """Record in a resumable run's ``state`` that a command starts (or continues) it: when and from
+    which commit it first started, and one ``sessions`` entry per command. Returns the time."""
+    import time
+
+    now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    state.setdefault("started", now)
+    state.setdefault("git", git_revision())
+    state["run"] = str(run)
+    state.setdefault("sessions", []).append({"started": now, "command": command, **extra})
+    return now
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """The config a run was started with (for ``--resume``)."""
     path = Path(run_dir) / CONFIG_NAME
