@@ -283,6 +283,15 @@ def flat_settings(d: dict, keep: tuple[str, ...] = (), prefix: str = "") -> dict
     return out
 
 
+def changed_settings(old: dict, new: dict, continuable: set[str] | frozenset[str] = frozenset(),
+                     keep: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every setting that differs between two nested
+    settings dicts (:func:`flat_settings` with ``keep``), sorted, leaving out the ``continuable``
+    keys: what stops a resumed run from continuing with changed settings."""
+    a, b = flat_settings(old, keep), flat_settings(new, keep)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in continuable and a.get(k) != b.get(k)]
+
+
 def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls`` <- preset YAML (if any) <- dotted overrides.
 

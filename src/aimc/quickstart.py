@@ -560,6 +560,8 @@ def run_quickstart(out: str | Path, minutes: float = 20.0, fast: bool = False, w
 
 def summary_text(run: Path, state: dict) -> str:
     """The closing table: what each stage made, and instruction-following per goal."""
+    from aimc.eval.metrics import rate_text
+
     r = state["results"]
     lines = ["# aimc quickstart", "", f"Run directory: {run}", "",
              "| stage | result | seconds |", "| --- | --- | --- |"]
@@ -577,7 +579,7 @@ def summary_text(run: Path, state: dict) -> str:
     for tid, e in s["tasks"].items():
         ins, unc = e.get("instructed") or {}, e.get("unconditioned") or {}
         lift = (e.get("lift") or {}).get("diff")
-        lines.append(f"| {tid} | {_rate(ins)} | {_rate(unc)} | {'-' if lift is None or (isinstance(lift, float) and math.isnan(lift)) else f'{lift:+.2f}'} |")
+        lines.append(f"| {tid} | {rate_text(ins)} | {rate_text(unc)} | {'-' if lift is None or (isinstance(lift, float) and math.isnan(lift)) else f'{lift:+.2f}'} |")
     ev = Path(r["eval"]["dir"])
     videos = sorted(ev.glob("videos/*.mp4"))
     lines += ["", f"Total {state.get('seconds', 0) / 60:.1f} minutes.",
@@ -594,12 +596,6 @@ def summary_text(run: Path, state: dict) -> str:
                       f"best round {f['best_round']} (run: {f['online']}): {f['weights']}",
                   f"Before/after report, every instruction: {f['report']} (markdown: {f['markdown']})"]
     return "\n".join(lines) + "\n"
-
-
-def _rate(entry: dict) -> str:
-    if not entry or not entry.get("n"):
-        return "-"
-    return f"{entry['successes']}/{entry['n']} = {entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
 
 
 def _run(args: argparse.Namespace) -> int:

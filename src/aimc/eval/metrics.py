@@ -90,6 +90,13 @@ def two_proportion_p_value(s1: int, n1: int, s2: int, n2: int) -> float:
     return min(1.0, 2 * _normal_sf(abs(z)))
 
 
+def rate_text(entry: dict | None) -> str:
+    """A rate as written in the runs' READMEs: ``successes/n = rate [low, high]`` (``-`` for none)."""
+    if not entry or not entry.get("n"):
+        return "-"
+    return f"{entry['successes']}/{entry['n']} = {entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
 def difference(a: Rate, b: Rate) -> Delta:
     """``a - b`` with Newcombe's hybrid score interval (method 10, Newcombe 1998)."""
     if a.n == 0 or b.n == 0:

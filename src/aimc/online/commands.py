@@ -11,7 +11,8 @@ from pathlib import Path
 def _online(args: argparse.Namespace) -> int:
     from aimc.config import load_config
     from aimc.online.config import OnlineConfig
-    from aimc.online.rounds import eval_command, rate_text, run_online
+    from aimc.eval.metrics import rate_text
+    from aimc.online.rounds import eval_command, run_online
 
     overrides = list(args.overrides or [])
     # JSON strings are YAML too: paths with spaces or colons stay strings

@@ -42,7 +42,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from aimc.config import load_config, save_config, to_dict
+from aimc.config import changed_settings, load_config, save_config, to_dict
+from aimc.eval.metrics import rate_text
 from aimc.errors import UserError
 from aimc.online.plan import RESERVED_WORLDS_START, TRAIN_WORLDS_END, ContinualConfig
 from aimc.utils.io import atomic_write_text, read_state_json, write_state_json
@@ -298,19 +299,13 @@ def check_same_plan(run: Path, plan: ContinualConfig) -> None:
     if now < before:
         raise UserError(f"{run} was evaluated with evaluate.episodes={before}; it may rise (the evaluations play the added "
                         f"episodes) but not fall to {now}: use evaluate.episodes={before} or more, or choose a new --out")
-    diff = [k for k in sorted(set(old) | set(new)) if k not in CONTINUABLE and old.get(k) != new.get(k)]
+    diff = changed_settings(old, new, CONTINUABLE)
     if diff:
-        k = diff[0]
+        k, was, now = diff[0]
         shown = (lambda v: json.dumps(v, default=str)[:200])
-        raise UserError(f"{run} holds an aimc continual run started with {k}={shown(old.get(k))}, now {shown(new.get(k))}; "
+        raise UserError(f"{run} holds an aimc continual run started with {k}={shown(was)}, now {shown(now)}; "
                         "run it with the plan it started with (only name and threads may change, and evaluate.episodes "
                         "may rise), or choose a new --out")
-
-
-def _rate(s: dict | None) -> str:
-    if not s or not s.get("n"):
-        return "-"
-    return f"{s['successes']}/{s['n']} = {s['rate']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
 
 
 def readme_text(plan: ContinualConfig, state: dict, matrix: dict) -> str:
@@ -346,7 +341,7 @@ def readme_text(plan: ContinualConfig, state: dict, matrix: dict) -> str:
         data = (f"record {s.record.task} x {s.record.episodes}" if s.record else ", ".join(Path(x).name for x in s.stores))
         tr = st.get("train")
         secs = sum(st[p].get("seconds", 0.0) for p in ("record", "train", "eval") if st.get(p))
-        own = "; ".join(f"{t} {_rate(ev['tasks'][t]['instructed'])}" for t in s.tasks) if ev else pending
+        own = "; ".join(f"{t} {rate_text(ev['tasks'][t]['instructed'])}" for t in s.tasks) if ev else pending
         loss = (lambda v: "-" if v is None else f"{v:.3f}")
         lines.append(f"| {j} {s.name} | {data} | {plan.stage_replay(j):g} | {plan.stage_l2sp(j):g} | "
                      f"{tr['frames']:,} | {loss(tr.get('train_loss'))} | {loss(tr.get('val_loss'))} | {secs:.0f} | {own} | "

@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from aimc.agent.agent import acting_threads
-from aimc.config import flat_settings, load_config, save_config, to_dict
+from aimc.config import changed_settings, load_config, save_config, to_dict
+from aimc.eval.metrics import rate_text
 from aimc.errors import UserError
 from aimc.online.config import OnlineConfig
 from aimc.online.labellers import Labels, PlayedEpisode, check_labels, labelled_segments, make_labeller
@@ -462,28 +463,19 @@ def save_state(run: Path, state: dict) -> None:
 
 
 def check_same_config(run: Path, cfg: OnlineConfig) -> None:
-    """A run continues only with the settings it started with (``rounds`` and ``name`` may change)."""
+    """A run continues only with the settings it started with (those in ``CONTINUABLE`` may change)."""
     path = Path(run) / CONFIG_FILE
     if not path.is_file():
         if (Path(run) / STATE_FILE).is_file():
             raise UserError(f"{run}: {STATE_FILE} without {CONFIG_FILE}; choose a new --out")
         return
-    old = to_dict(load_config(OnlineConfig, path))
-    new = to_dict(cfg)
-
-    a, b = flat_settings(old, ("instructions", "options")), flat_settings(new, ("instructions", "options"))
-    diff = [k for k in sorted(set(a) | set(b)) if k not in CONTINUABLE and a.get(k) != b.get(k)]
+    diff = changed_settings(to_dict(load_config(OnlineConfig, path)), to_dict(cfg), CONTINUABLE, ("instructions", "options"))
     if diff:
-        k = diff[0]
-        raise UserError(f"{run} holds an aimc online run started with {k}={a.get(k)!r}, now {b.get(k)!r}"
+        k, was, now = diff[0]
+        raise UserError(f"{run} holds an aimc online run started with {k}={was!r}, now {now!r}"
                         + (f" (and {len(diff) - 1} more differences)" if len(diff) > 1 else "")
-                        + "; run it with the settings it started with (only rounds and name may change), or choose a new --out")
-
-
-def rate_text(s: dict | None) -> str:
-    if not s or not s.get("n"):
-        return "-"
-    return f"{s['successes']}/{s['n']} = {s['rate']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
+                        + f"; run it with the settings it started with (only {', '.join(sorted(CONTINUABLE))} may change), "
+                          "or choose a new --out")
 
 
 def round_seconds(rs: dict) -> float:

@@ -55,8 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from aimc.config import flat_settings, load_config, save_config, to_dict
+from aimc.config import changed_settings, load_config, save_config, to_dict
 from aimc.errors import UserError
+from aimc.eval.metrics import rate_text
 from aimc.rl.config import RLConfig
 from aimc.rl.rollouts import PlannedEpisode, cnn_features, cnn_frozen, collect, gae, reference_log_probs
 from aimc.train.rundir import open_session
@@ -258,7 +259,7 @@ def readme_text(cfg: RLConfig, run: Path, rows: list[dict], meta: dict) -> str:
             cells = []
             for sc in scales:
                 e = ev["scales"][sc].get(t)
-                cells.append(f"{e['successes']}/{e['n']} = {e['rate']:.2f} [{e['low']:.2f}, {e['high']:.2f}]" if e else "-")
+                cells.append(rate_text(e))
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += ["", "## Next", "",
               "- more updates: the same `aimc rl` command with a higher `schedule.updates=N` and the same `--out`;",
@@ -307,12 +308,11 @@ def check_same_config(run: Path, cfg: RLConfig) -> None:
     path = run / CONFIG_FILE
     if not path.is_file():
         return
-    keep = ("task_weights", "reward_options")
-    old, new = flat_settings(to_dict(load_config(RLConfig, path)), keep), flat_settings(to_dict(cfg), keep)
-    diff = [k for k in sorted(set(old) | set(new)) if k not in CONTINUABLE and old.get(k) != new.get(k)]
+    diff = changed_settings(to_dict(load_config(RLConfig, path)), to_dict(cfg), CONTINUABLE,
+                            ("task_weights", "reward_options"))
     if diff:
-        k = diff[0]
-        raise UserError(f"{run} holds an aimc rl run started with {k}={old.get(k)!r}, now {new.get(k)!r}"
+        k, was, now = diff[0]
+        raise UserError(f"{run} holds an aimc rl run started with {k}={was!r}, now {now!r}"
                         + (f" (and {len(diff) - 1} more differences)" if len(diff) > 1 else "")
                         + "; continue it with the settings it started with (only schedule.updates, schedule.max_seconds, "
                           "name and runtime.threads may change), or choose a new --out")
