@@ -98,3 +98,27 @@ def test_config_is_validated():
         DemonstratorConfig(noise=2.0)
     with pytest.raises(ValueError, match="sight"):
         DemonstratorConfig(sight="xray")
+    with pytest.raises(ValueError, match="tie_break"):
+        DemonstratorConfig(tie_break="random")
+
+
+def test_facing_tie_break_keeps_straight_on_among_shortest_paths():
+    """Both tie-breaks plan the same tiles at the same distances; where their first moves differ,
+    "facing" goes the way the player faces, which is then as short (and "order" went sideways)."""
+    from aimc.envs.demonstrator import _DIRS
+
+    differs = 0
+    for seed, turn in [(3, "move_up"), (11, "move_down"), (20, "move_right"), (31, "move_left")]:
+        env = CrafterEnv()
+        _, info = env.reset(seed=seed)
+        env.step(ACTIONS.index(turn))  # face that way (a step, or a turn when blocked)
+        facing = tuple(int(v) for v in env.player.facing)
+        plans = {tb: Demonstrator(env, DemonstratorConfig(tie_break=tb, sight="map"), seed=0)._plan() for tb in ("order", "facing")}
+        order, face = plans["order"], plans["facing"]
+        assert set(order.order) == set(face.order)
+        for cell, move in face.first.items():
+            if move != order.first[cell]:
+                differs += 1
+                assert _DIRS[move] == facing
+                assert _DIRS[order.first[cell]] != facing
+    assert differs > 20  # the choice matters on real worlds

@@ -64,6 +64,10 @@ class DemonstratorConfig:
     turn_chance: with ``sight="screen"``, chance per step of exploring in a new direction
         (it walks straight ahead otherwise, and turns when blocked).
     noise: chance of a uniformly random action at any step (action diversity for cloning).
+    tie_break: which of several shortest paths it walks. "order" = the first move tried in a
+        fixed order (left, right, up, down: sideways first, as the recorded demonstrations);
+        "facing" = the way the player faces first, so that it keeps going straight when that is
+        as short (the frame shows the facing, and a policy's memory the moves so far).
     reflexes: fight close zombies, make a sword at a table, drink/eat/sleep when the
         stats run low.
     thirst_at / hunger_at / sleep_at: the drink / food / energy levels that trigger a reflex.
@@ -76,6 +80,7 @@ class DemonstratorConfig:
     search_radius: int = 12
     turn_chance: float = 0.05
     noise: float = 0.03
+    tie_break: str = "order"
     reflexes: bool = True
     thirst_at: int = 3
     hunger_at: int = 3
@@ -99,6 +104,8 @@ class DemonstratorConfig:
             raise ConfigError(f"DemonstratorConfig.search_radius must be at least 2, got {self.search_radius}")
         if not 0.0 <= self.noise <= 1.0:
             raise ConfigError(f"DemonstratorConfig.noise must be in [0, 1], got {self.noise}")
+        if self.tie_break not in ("order", "facing"):
+            raise ConfigError(f"DemonstratorConfig.tie_break must be 'order' or 'facing', got {self.tie_break!r}")
 
 
 @dataclass
@@ -301,9 +308,15 @@ class Demonstrator:
         plan.order.append(start)
         seen = {start}
         queue = deque([start])
+        dirs = list(_DIRS.items())
+        if self.config.tie_break == "facing":
+            # breadth-first search hands every tile the first move of the branch that reached it
+            # first: trying the facing direction first makes "straight on" win every tie
+            facing = tuple(int(v) for v in player.facing)
+            dirs.sort(key=lambda item: item[1] != facing)
         while queue:
             cx, cy = queue.popleft()
-            for name, (dx, dy) in _DIRS.items():
+            for name, (dx, dy) in dirs:
                 n = (cx + dx, cy + dy)
                 if n in seen or not (x0 <= n[0] < x1 and y0 <= n[1] < y1) or not free[n[0] - x0, n[1] - y0]:
                     continue
