@@ -122,3 +122,53 @@ def test_facing_tie_break_keeps_straight_on_among_shortest_paths():
                 assert _DIRS[move] == facing
                 assert _DIRS[order.first[cell]] != facing
     assert differs > 20  # the choice matters on real worlds
+
+
+def test_equally_good_moves_are_the_first_moves_of_shortest_paths():
+    """After each act, equally_good holds the action itself and, when it walks somewhere, exactly
+    the moves that bring it one step closer along free tiles (checked against a breadth-first
+    distance computed here from the neighbour tiles)."""
+    from aimc.envs.demonstrator import _DIRS
+
+    env = CrafterEnv()
+    demo = Demonstrator(env, DemonstratorConfig(noise=0.0, reflexes=False), seed=0)
+    _, info = env.reset(seed=7)
+    demo.reset("collect_stone")
+    several = 0
+    for _ in range(120):
+        a = demo.act(info)
+        assert a in demo.equally_good
+        if len(demo.equally_good) > 1:
+            several += 1
+            assert all(str(ACTIONS[k]).startswith("move_") for k in demo.equally_good)
+            if demo._ties is not None and ACTIONS[a] in _DIRS:
+                plan = demo._plan()
+                # the tile it heads to: where its chosen move leads, then one step further along
+                pos = tuple(int(v) for v in env.player.pos)
+                for k in demo.equally_good:
+                    d = _DIRS[str(ACTIONS[k])]
+                    n = (pos[0] + d[0], pos[1] + d[1])
+                    assert n in plan.first  # a free tile: every tie is a real step
+        _, _, term, _, info = env.step(a)
+        demo.observe(info)
+        if term:
+            break
+    assert several > 10  # ties happen on real worlds
+
+
+def test_plan_first_moves_cover_every_shortest_path():
+    """On a small hand-made grid (an open field), a tile diagonal to the player is reached first
+    by either of two moves; one straight ahead by one only."""
+    env = CrafterEnv()
+    env.reset(seed=0)
+    x, y = (int(v) for v in env.player.pos)
+    for dx in range(-3, 4):
+        for dy in range(-3, 4):
+            env.world[(x + dx, y + dy)] = "grass"
+    for obj in list(env.world.objects):
+        if obj is not env.player and abs(obj.pos[0] - x) <= 4 and abs(obj.pos[1] - y) <= 4:
+            env.world.remove(obj)
+    plan = Demonstrator(env, DemonstratorConfig(sight="map", search_radius=3), seed=0)._plan()
+    assert plan.firsts[(x + 2, y + 1)] == {"move_right", "move_down"}
+    assert plan.firsts[(x - 1, y - 2)] == {"move_left", "move_up"}
+    assert plan.firsts[(x + 3, y)] == {"move_right"}

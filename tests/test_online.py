@@ -145,6 +145,28 @@ def test_labeller_binding_and_errors():
         check_labels(Labels({"buttons": np.zeros(3, np.int64)}), ep, {"action": 17}, "mine")
 
 
+def test_ties_agent_keeps_the_agents_action_where_it_is_as_good():
+    """ties=agent: a step whose agent action has its bit in label.ties is labelled with the agent's
+    action, any other with the demonstrator's; ties=demonstrator ignores the bits."""
+    from aimc.agent.envs import TIES_MEASURE
+    from aimc.online.labellers import PlayedEpisode, make_labeller
+
+    label = [3, 3, 5, 2]  # the demonstrator's answers
+    ties = [(1 << 3) | (1 << 4), 1 << 3, 1 << 5, (1 << 2) | (1 << 1)]
+    agent = np.array([4, 4, 5, 0])  # tie, mistake, the label itself, mistake
+    measures = [{LABEL_MEASURE: float(a), TIES_MEASURE: float(b)} for a, b in zip(label, ties)]
+    ep = PlayedEpisode("t", "x", "en", 0, {}, np.zeros((4, 4, 4, 3), np.uint8), {"action": agent},
+                       np.zeros((4, 2), np.float32), measures)
+    got = make_labeller("crafter-demonstrator", {"ties": "agent"}).label(ep).actions["action"]
+    assert got.tolist() == [4, 3, 5, 2]
+    assert make_labeller("crafter-demonstrator").label(ep).actions["action"].tolist() == label
+    with pytest.raises(UserError, match="ties"):
+        make_labeller("crafter-demonstrator", {"ties": "nobody"})
+    ep.measures = [{LABEL_MEASURE: 1.0}] * 4
+    with pytest.raises(UserError, match="label.ties"):
+        make_labeller("crafter-demonstrator", {"ties": "agent"}).label(ep)
+
+
 # ---------------------------------------------------------------------------- one round's data
 
 

@@ -148,6 +148,7 @@ class CrafterExpertEnv(CrafterEvalEnv):
 
 LABEL_MEASURE = "label.action"  # the labelling demonstrator's action for the frame just returned
 EXPERT_MEASURE = "label.expert_acted"  # 1: the step that led to this frame executed the label, not the agent's action
+TIES_MEASURE = "label.ties"  # bit k set: action k is as good as label.action in this frame (label.action's bit included)
 
 
 class CrafterLabelledEnv(CrafterEvalEnv):
@@ -161,7 +162,8 @@ class CrafterLabelledEnv(CrafterEvalEnv):
     episode and advanced exactly as when it plays itself: after each of the agent's steps it
     ``observe``s the step's info (goal age), then ``act``s once on the new state (its random
     stream, exploration heading and drink/eat hysteresis move on). So its labels follow the
-    agent's path, not the path it would have taken itself.
+    agent's path, not the path it would have taken itself. The measure ``label.ties`` holds, as
+    bits, the actions as good as that answer (``Demonstrator.equally_good``).
 
     goal: a demonstrator goal (``aimc.envs.demonstrator.GOALS``). demonstrator:
     ``DemonstratorConfig`` fields (``noise`` defaults to 0: a label is the intended action).
@@ -171,7 +173,7 @@ class CrafterLabelledEnv(CrafterEvalEnv):
     which). 0 = the agent alone decides where the episode goes.
     """
 
-    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE, EXPERT_MEASURE}
+    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE, EXPERT_MEASURE, TIES_MEASURE}
 
     def __init__(self, goal: str, demonstrator: dict | None = None, size: int = 64, max_steps: int = 10_000,
                  expert_share: float = 0.0, **kwargs: Any) -> None:
@@ -196,6 +198,7 @@ class CrafterLabelledEnv(CrafterEvalEnv):
     def _label(self, measures: dict[str, float], info: dict) -> dict[str, float]:
         self._label_now = int(self.demo.act(info))
         measures[LABEL_MEASURE] = float(self._label_now)
+        measures[TIES_MEASURE] = float(sum(1 << a for a in self.demo.equally_good))  # 17 actions: exact in a float
         return measures
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:

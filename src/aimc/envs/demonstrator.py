@@ -13,6 +13,7 @@ goal, so that episodes last and look like play rather than a tech-tree script.
     demo.reset()
     action = demo.act(info)          # an index into aimc.envs.crafter.ACTIONS
     demo.goal, demo.mode             # what it pursues now, and why ("goal" or a reflex)
+    demo.equally_good                # the actions as good as that one (other shortest-path moves)
 
 The demonstrator reads the game's internals (``env.world``, ``env.player``); it never
 changes them. By default it acts only on what the player's frame shows (``sight="screen"``:
@@ -116,6 +117,7 @@ class _Plan:
     y0: int
     order: list[tuple[int, int]] = field(default_factory=list)  # world coords, nearest first
     first: dict[tuple[int, int], str] = field(default_factory=dict)  # first move towards a tile
+    firsts: dict[tuple[int, int], set[str]] = field(default_factory=dict)  # every first move of a shortest path
 
 
 class Demonstrator:
@@ -143,6 +145,8 @@ class Demonstrator:
         self._waypoint_age = 0
         self._drinking = False
         self._eating = False
+        self.equally_good: frozenset[int] = frozenset()
+        self._ties: set[str] | None = None
 
     # -- goal switching -----------------------------------------------------------------
     def reset(self, goal: str | None = None) -> None:
@@ -176,7 +180,14 @@ class Demonstrator:
 
     # -- acting ---------------------------------------------------------------------------
     def act(self, info: dict | None = None) -> int:
-        """The next action (an index into ``ACTIONS``) for the current game state."""
+        """The next action (an index into ``ACTIONS``) for the current game state.
+
+        Afterwards :attr:`equally_good` holds the actions that serve its purpose just as well
+        (always including the one returned): the first moves of every shortest path to the tile
+        it walks to, any free way but back when it explores by walking straight on (with
+        ``sight="screen"``), and that action alone otherwise.
+        """
+        self._ties = None
         if self.config.noise > 0 and self.rng.random() < self.config.noise:
             self.mode = "noise"
             return self._safe(str(ACTIONS[int(self.rng.integers(0, len(ACTIONS)))]))
@@ -193,8 +204,21 @@ class Demonstrator:
         if action in _DIRS:
             mat, _ = self.env.world[np.asarray(self.env.player.pos) + np.asarray(_DIRS[action])]
             if mat == "lava":
-                return ACTION_INDEX["noop"]
+                action = "noop"
+        ties = self._ties if self._ties and action in self._ties else {action}
+        self.equally_good = frozenset(ACTION_INDEX[a] for a in ties if a == action or not self._into_lava(a))
         return ACTION_INDEX[action]
+
+    def _into_lava(self, action: str) -> bool:
+        if action not in _DIRS:
+            return False
+        mat, _ = self.env.world[np.asarray(self.env.player.pos) + np.asarray(_DIRS[action])]
+        return mat == "lava"
+
+    def _path(self, plan: _Plan, cell: tuple[int, int]) -> str:
+        """The first move towards ``cell``; the other first moves of shortest paths tie with it."""
+        self._ties = set(plan.firsts[cell])
+        return plan.first[cell]
 
     def _reflex(self, plan: _Plan) -> str | None:
         inv = self.env.player.inventory
@@ -307,6 +331,7 @@ class Demonstrator:
         start = (px, py)
         plan.order.append(start)
         seen = {start}
+        depth = {start: 0}
         queue = deque([start])
         dirs = list(_DIRS.items())
         if self.config.tie_break == "facing":
@@ -318,10 +343,17 @@ class Demonstrator:
             cx, cy = queue.popleft()
             for name, (dx, dy) in dirs:
                 n = (cx + dx, cy + dy)
-                if n in seen or not (x0 <= n[0] < x1 and y0 <= n[1] < y1) or not free[n[0] - x0, n[1] - y0]:
+                via = {name} if (cx, cy) == start else plan.firsts[(cx, cy)]
+                if n in seen:
+                    if depth.get(n) == depth[(cx, cy)] + 1:
+                        plan.firsts[n] |= via  # another shortest path: its first move ties
+                    continue
+                if not (x0 <= n[0] < x1 and y0 <= n[1] < y1) or not free[n[0] - x0, n[1] - y0]:
                     continue
                 seen.add(n)
+                depth[n] = depth[(cx, cy)] + 1
                 plan.first[n] = name if (cx, cy) == start else plan.first[(cx, cy)]
+                plan.firsts[n] = set(via)
                 plan.order.append(n)
                 queue.append(n)
         return plan
@@ -339,7 +371,7 @@ class Demonstrator:
                 if mat in materials and obj is None and self._sees(tile):
                     if cell == (px, py):
                         return action if tuple(self.env.player.facing) == (dx, dy) else name
-                    return plan.first[cell]
+                    return self._path(plan, cell)
         return None
 
     def _face_free(self, materials: tuple[str, ...], action: str) -> str | None:
@@ -398,7 +430,7 @@ class Demonstrator:
         targets = {(ox + dx, oy + dy) for dx, dy in _DIRS.values()}
         for cell in plan.order[1:]:
             if cell in targets:
-                return plan.first[cell]
+                return self._path(plan, cell)
         return self._step_towards((ox, oy), plan)
 
     def _step_towards(self, target: tuple[int, int], plan: _Plan) -> str:
@@ -406,7 +438,7 @@ class Demonstrator:
         best = min(plan.order, key=lambda c: abs(c[0] - target[0]) + abs(c[1] - target[1]))
         if best == plan.order[0]:
             return self._random_move()
-        return plan.first[best]
+        return self._path(plan, best)
 
     def _explore(self, plan: _Plan) -> str:
         """Look for new things: walk straight ahead (screen) or to a far reachable tile (map)."""
@@ -421,7 +453,7 @@ class Demonstrator:
                 return self._random_move()
             self._waypoint = pool[int(self.rng.integers(0, len(pool)))]
             self._waypoint_age = 0
-        return plan.first[self._waypoint]
+        return self._path(plan, self._waypoint)
 
     def _walk_ahead(self) -> str:
         """Keep walking the way the player faces (the frame shows it); turn when blocked.
@@ -436,9 +468,11 @@ class Demonstrator:
             mat, obj = self.env.world[np.asarray(player.pos) + np.asarray(_DIRS[name])]
             return mat in _WALKABLE and obj is None
 
+        back = next((n for n, v in _DIRS.items() if v == (-facing[0], -facing[1])), None)
+        # nothing in sight: any free way but back explores as well as straight on
+        self._ties = {n for n in _DIRS if n != back and free(n)}
         if ahead is not None and free(ahead) and self.rng.random() >= self.config.turn_chance:
             return ahead
-        back = next((n for n, v in _DIRS.items() if v == (-facing[0], -facing[1])), None)
         options = [n for n in _DIRS if n not in (ahead, back) and free(n)]
         if not options:
             options = [n for n in _DIRS if n != ahead and free(n)] or [n for n in _DIRS if n != ahead]

@@ -157,14 +157,22 @@ class CrafterDemonstratorLabeller:
 
     goals: task id -> demonstrator goal, for tasks whose id or success rule does not name one.
     demonstrator: ``DemonstratorConfig`` fields (``noise`` defaults to 0; ``reflexes``,
-    ``sight``, ``turn_chance`` ...).
+    ``sight``, ``turn_chance``, ``tie_break`` ...).
+    ties: whose action a step is labelled with when the agent's action is as good as the
+        demonstrator's (another first move of a shortest path, another free way to explore:
+        ``Demonstrator.equally_good``): "demonstrator" = always the demonstrator's; "agent" =
+        the agent's own, so that only real mistakes are corrected.
     """
 
     name = "crafter-demonstrator"
 
-    def __init__(self, goals: dict[str, str] | None = None, demonstrator: dict[str, Any] | None = None) -> None:
+    def __init__(self, goals: dict[str, str] | None = None, demonstrator: dict[str, Any] | None = None,
+                 ties: str = "demonstrator") -> None:
         from aimc.envs.demonstrator import DemonstratorConfig
 
+        if ties not in ("demonstrator", "agent"):
+            raise UserError(f"labeller.options.ties must be 'demonstrator' or 'agent', got {ties!r}")
+        self.ties = ties
         self.goals = dict(goals or {})
         self.demonstrator = dict(demonstrator or {})
         try:
@@ -184,13 +192,19 @@ class CrafterDemonstratorLabeller:
         return {**env, "expert_share": float(share)} if share > 0 else env
 
     def label(self, episode: PlayedEpisode) -> Labels:
-        from aimc.agent.envs import LABEL_MEASURE
+        from aimc.agent.envs import LABEL_MEASURE, TIES_MEASURE
 
-        missing = [t for t, m in enumerate(episode.measures) if LABEL_MEASURE not in m]
+        need = (LABEL_MEASURE, TIES_MEASURE) if self.ties == "agent" else (LABEL_MEASURE,)
+        missing = [(t, k) for t, m in enumerate(episode.measures) for k in need if k not in m]
         if missing:
-            raise UserError(f"episode on world {episode.seed}: frame {missing[0]} has no {LABEL_MEASURE} measure; "
+            raise UserError(f"episode on world {episode.seed}: frame {missing[0][0]} has no {missing[0][1]} measure; "
                             "it was not played in the env this labeller binds (crafter-labelled)")
-        return Labels({"action": np.asarray([int(m[LABEL_MEASURE]) for m in episode.measures], dtype=np.int64)})
+        label = np.asarray([int(m[LABEL_MEASURE]) for m in episode.measures], dtype=np.int64)
+        if self.ties == "agent":
+            agent = np.asarray(episode.actions["action"], dtype=np.int64)
+            ties = np.asarray([int(m[TIES_MEASURE]) for m in episode.measures], dtype=np.int64)
+            label = np.where((ties >> agent) & 1 == 1, agent, label)
+        return Labels({"action": label})
 
 
 LABELLERS: dict[str, Callable[..., Labeller]] = {
