@@ -324,3 +324,37 @@ def test_agent_load_is_the_library_call_behind_the_cli(tmp_path):
     (tmp_path / "run" / "mineclip.safetensors").unlink()
     with pytest.raises(UserError, match="no MineCLIP checkpoint"):
         Agent.load(weights, device="cpu", need_text=True)
+
+
+def test_an_episode_plays_the_same_whatever_else_is_in_the_batch(agent):
+    """Per-episode sampling streams: the same weights on the same worlds play the same episodes,
+    action for action, with 1 or 3 episodes at once (other slots, other neighbours); another
+    agent seed plays other ones."""
+    from aimc.agent.rollout import Episode, RolloutCollector
+
+    def play(num_envs: int, seed: int, worlds: list[int]) -> dict[int, list[int]]:
+        todo = [Episode({"name": "crafter", "size": 64}, w, horizon=30, instruction="collect wood") for w in worlds]
+        agent.seed = seed
+        out: dict[int, list[int]] = {}
+        with RolloutCollector(agent, num_envs, lambda _s: todo.pop(0) if todo else None, workers=0) as col:
+            for r in col.run():
+                out.setdefault(r.episode.seed, []).append(int(r.action["action"]))
+        return out
+
+    agent.cond_scale = 1.0
+    try:
+        one = play(1, 0, [900, 901, 902, 903])
+        three = play(3, 0, [903, 902, 901, 900])
+        other = play(3, 1, [900, 901, 902, 903])
+    finally:
+        agent.cond_scale, agent.seed = 6.0, 0
+    assert one == three and len(one) == 4 and all(len(v) == 30 for v in one.values())
+    assert all(other[w] != one[w] for w in one)
+
+    # the streams themselves: row 1's draws do not depend on row 0's stream
+    logits = {"action": torch.zeros(2, 17)}
+    a = agent.policy.sample(logits, [torch.Generator().manual_seed(5), torch.Generator().manual_seed(7)])
+    b = agent.policy.sample(logits, [torch.Generator().manual_seed(6), torch.Generator().manual_seed(7)])
+    assert int(a["action"][1]) == int(b["action"][1])
+    with pytest.raises(ValueError, match="generators"):
+        agent.policy.sample(logits, [torch.Generator()])

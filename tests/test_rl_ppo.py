@@ -209,8 +209,8 @@ def _store_of_action(root, action: int, n: int = 40, episodes: int = 3):
 
 
 def test_ppo_plus_bc_pulls_towards_the_stores_actions(world, tmp_path):
-    """PPO + BC: a BC term on a store of action 3 (never paid) raises its probability; without the
-    term PPO alone lowers it."""
+    """PPO + BC: a BC term on a store of action 3 (never paid) raises its probability, well above
+    where PPO alone leaves it."""
     from aimc.checkpoints.vpt import load_policy
 
     store = _store_of_action(tmp_path / "store", 3)
@@ -231,4 +231,4 @@ def test_ppo_plus_bc_pulls_towards_the_stores_actions(world, tmp_path):
             return float(policy(*x, policy.initial_state(2))[0]["action"][0, 0, 3].exp())
 
     start, after_plain, after_bc = p3(world["init"]), p3(plain["final"]), p3(bc["final"])
-    assert after_bc > start > after_plain, (start, after_plain, after_bc)
+    assert after_bc > start and after_bc > after_plain + 0.05, (start, after_plain, after_bc)

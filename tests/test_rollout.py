@@ -102,18 +102,20 @@ def test_fixed_seeds_give_the_same_rollouts_twice(policy_agent):
 
 
 def test_log_probs_and_values_are_those_of_policy_act(policy_agent):
-    """Replaying the collected frames through ``STEVE1Policy.act`` (same sampling seed) gives the
-    recorded actions, log-probs (of the normalised guided distribution) and values."""
+    """Replaying the collected frames through ``STEVE1Policy.act`` (with each episode's own
+    sampling stream, as the agent seeds it) gives the recorded actions, log-probs (of the
+    normalised guided distribution) and values."""
     starts = []
-    policy_agent.generator.manual_seed(4)
     with RolloutCollector(policy_agent, 2, _episodes(1, 6), on_start=lambda s, ep, f, m: starts.append(f)) as c:
         records = list(c.run())
-    policy_agent.generator.manual_seed(4)
     policy = policy_agent.policy
     frames = {s: [starts[s]] + [r.frame for r in records if r.slot == s] for s in (0, 1)}
     goals = torch.from_numpy(np.stack([_goal(0), _goal(1)]))
     state = policy.initial_state(4)
-    gen = torch.Generator().manual_seed(4)
+    policy_agent.reset(2)
+    for s in (0, 1):
+        policy_agent.begin_episode(s, records[s].episode.seed)
+    gen = policy_agent._streams
     for t in range(6):
         img = policy_agent._prepare(np.stack([frames[0][t], frames[1][t]]))
         actions, state, info = policy.act(img, goals, torch.full((2,), t == 0), state, cond_scale=3.0, generator=gen)

@@ -121,6 +121,14 @@ class Agent:
     device: where the networks run. amp_dtype: e.g. torch.bfloat16 for autocast on GPU.
     seed: seeds action sampling.
     cuda_graph: on a GPU, capture each guided step in a CUDA graph (:class:`GraphedGuidedAct`).
+
+    Sampling streams: each episode started with :meth:`begin_episode` (the rollout collector
+    does it for every episode) draws its actions from a stream of its own, seeded by ``seed``
+    and the episode's world seed. So the same weights on the same world play the same episode
+    whatever else is in the batch (slot, batch size, workers, the order of the episodes, a
+    resumed evaluation), and two checkpoints compared on the same worlds see the same random
+    numbers (their results differ only where their choices do). Without ``begin_episode``, and
+    with ``cuda_graph``, the batch shares one stream seeded by ``seed``.
     """
 
     def __init__(
@@ -148,7 +156,9 @@ class Agent:
         self.name = name
         self.embed_dim = int(policy.cfg.mineclip_embed_dim)
         self.img_size = tuple(int(v) for v in policy.cfg.img_shape[:2])  # (H, W)
+        self.seed = int(seed)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self._streams: list[torch.Generator] | None = None  # one per slot, from begin_episode
         self.state: Any = None
         self.batch_size = 0
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
@@ -280,6 +290,7 @@ class Agent:
     def reset(self, batch_size: int) -> None:
         """Fresh recurrent state for ``batch_size`` environments (2 rows each when guided)."""
         self.batch_size = batch_size
+        self._streams = None
         if self.cuda_graph and self.guided:
             if self._graph is None or self._graph.img.shape[0] != batch_size:
                 self._graph = GraphedGuidedAct(self.policy, batch_size, self.cond_scale, self.stochastic, self.amp_dtype)
@@ -289,6 +300,16 @@ class Agent:
             return
         rows = 2 * batch_size if self.guided else batch_size
         self.state = self.policy.initial_state(rows, self.device)
+
+    def begin_episode(self, slot: int, world_seed: int) -> None:
+        """Slot ``slot`` starts an episode on world ``world_seed``: its actions are drawn from a
+        stream of its own (see the class docstring). Call after :meth:`reset`."""
+        if self.cuda_graph:
+            return  # a captured graph draws from the device's one stream
+        if self._streams is None or len(self._streams) != self.batch_size:
+            self._streams = [torch.Generator(device=self.device) for _ in range(self.batch_size)]
+        key = np.random.SeedSequence([self.seed, int(world_seed) & 0xFFFFFFFFFFFF, 0x5A3]).generate_state(2, np.uint32)
+        self._streams[slot].manual_seed(int(key[0]) << 32 | int(key[1]))
 
     @property
     def guided(self) -> bool:
@@ -324,7 +345,7 @@ class Agent:
             with self._autocast():
                 actions, self.state, info = self.policy.act(
                     img, goal, first_t, self.state, cond_scale=self.cond_scale if self.guided else 0.0,
-                    stochastic=self.stochastic, generator=self.generator)
+                    stochastic=self.stochastic, generator=self._streams or self.generator)
         out = {k: v.cpu().numpy().astype(np.int64) for k, v in actions.items()}
         if not return_info:
             return out

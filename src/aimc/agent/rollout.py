@@ -183,6 +183,8 @@ class RolloutCollector:
             self.frames = np.zeros((self.num_envs, *frame.shape), dtype=np.uint8)
         self.frames[s] = fit_frame(frame, self.frames.shape[1:])
         self.set_goal(s, ep.goal if ep.goal is not None else self.agent.goal(ep.instruction, ep.seed))
+        if hasattr(self.agent, "begin_episode"):
+            self.agent.begin_episode(s, ep.seed)  # the episode's own sampling stream
         self.first[s] = True
         self.t[s] = 0
         self.measures[s] = measures

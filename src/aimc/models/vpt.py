@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -863,11 +864,21 @@ class STEVE1Policy(nn.Module):
         return sum(-(l.exp() * l).sum(-1) for l in logits.values())
 
     @staticmethod
-    def sample(logits: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Gumbel-max sample of each head (as the original): {name: int64 (...)}."""
+    def sample(logits: dict[str, torch.Tensor],
+               generator: torch.Generator | Sequence[torch.Generator] | None = None) -> dict[str, torch.Tensor]:
+        """Gumbel-max sample of each head (as the original): {name: int64 (...)}.
+
+        generator: one stream for the whole batch, or one per batch row (logits (B, n), B
+        generators): row i's draws then come from its own stream only, whatever the other rows are.
+        """
         out = {}
         for k, l in logits.items():
-            u = torch.rand(l.shape, generator=generator, device=l.device, dtype=l.dtype)
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != l.shape[0]:
+                    raise ValueError(f"{len(generator)} generators for a batch of {l.shape[0]} rows")
+                u = torch.stack([torch.rand(l.shape[1:], generator=g, device=l.device, dtype=l.dtype) for g in generator])
+            else:
+                u = torch.rand(l.shape, generator=generator, device=l.device, dtype=l.dtype)
             u = torch.where(u == 1.0, torch.full_like(u, 0.999), u)
             out[k] = torch.argmax(l - torch.log(-torch.log(u)), dim=-1)
         return out
@@ -886,7 +897,7 @@ class STEVE1Policy(nn.Module):
         state: State,
         cond_scale: float = 0.0,
         stochastic: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> tuple[dict[str, torch.Tensor], State, dict[str, Any]]:
         """One step: img (B, H, W, 3) uint8, goal (B, E), first (B,) ->
         (actions {name: (B,)}, new state, info).

@@ -567,7 +567,8 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
             t0 = time.perf_counter()
             # 1-2. plan and play (guidance 0), every random stream seeded by (seed, u)
             planned = plan_update(cfg, suite, u, table, info.rank, info.world_size)
-            agent.generator.manual_seed(int(np.random.SeedSequence([cfg.seed, u, info.rank]).generate_state(1)[0]))
+            agent.seed = int(np.random.SeedSequence([cfg.seed, u, info.rank]).generate_state(1)[0])
+            agent.generator.manual_seed(agent.seed)  # and every episode's own stream (Agent.begin_episode)
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, u, 99]).generate_state(1)[0]))
             policy.eval()
             with threads(1 if device.type == "cpu" else 0):
