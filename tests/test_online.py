@@ -145,6 +145,26 @@ def test_labeller_binding_and_errors():
         check_labels(Labels({"buttons": np.zeros(3, np.int64)}), ep, {"action": 17}, "mine")
 
 
+def test_own_successes_labels_the_agents_actions_up_to_its_success():
+    from aimc.online.labellers import PlayedEpisode, make_labeller
+
+    def played(success_step):
+        return PlayedEpisode("t", "x", "en", 0, {"name": "minerl"}, np.zeros((6, 4, 4, 3), np.uint8),
+                             {"buttons": np.arange(6), "camera": np.arange(6) + 10}, np.zeros((6, 2), np.float32),
+                             [{}] * 6, success_step=success_step)
+
+    lab = make_labeller("own-successes")
+    assert lab.bind({"name": "minerl"}, None) == {"name": "minerl"}  # any world, nothing to watch
+    got = lab.label(played(4))
+    assert got.mask.tolist() == [True] * 4 + [False] * 2
+    assert got.actions["buttons"].tolist() == list(range(6)) and got.actions["camera"].tolist() == list(range(10, 16))
+    assert not lab.label(played(None)).mask.any()  # a failure teaches nothing
+    assert not make_labeller("own-successes", {"max_steps": 3}).label(played(4)).mask.any()  # too slow
+    assert make_labeller("own-successes", {"max_steps": 4}).label(played(4)).mask.sum() == 4
+    with pytest.raises(UserError, match="max_steps"):
+        make_labeller("own-successes", {"max_steps": -1})
+
+
 def test_ties_agent_keeps_the_agents_action_where_it_is_as_good():
     """ties=agent: a step whose agent action has its bit in label.ties is labelled with the agent's
     action, any other with the demonstrator's; ties=demonstrator ignores the bits."""
@@ -227,6 +247,34 @@ def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path
     again = collect_round(agent, jobs, labeller, store, tmp_path / "r002", 2, heads=models.heads, num_envs=2, workers=0,
                           on_record=lambda r: pytest.fail("played again"))
     assert again == rows
+
+
+def test_own_successes_round_stores_the_steps_before_each_success_only(tmp_path, bundle):
+    from aimc.config import load_config
+    from aimc.eval.suite import load_suite
+    from aimc.online.config import OnlineConfig
+    from aimc.online.labellers import make_labeller
+    from aimc.online.rounds import collect_round, load_models, make_agent, plan_collection
+
+    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", "tasks=[collect_sapling]", "collect.episodes=6",
+                                                       "collect.max_steps=100", "labeller.name=own-successes",
+                                                       "collect.expert_share=[]"])
+    labeller = make_labeller(cfg.labeller.name)
+    jobs = plan_collection(cfg, load_suite(cfg.suite), labeller, 1)
+    models = load_models(cfg)
+    agent = make_agent(str(bundle), models, cfg, seed=5)
+    store = EpisodeStore(tmp_path / "store", embed_dtype="float32")
+    records = []
+    rows = collect_round(agent, jobs, labeller, store, tmp_path / "r001", 1, heads=models.heads, num_envs=3, workers=0,
+                         on_record=records.append)
+    won = [r for r in rows if r["success_step"] is not None]
+    assert 0 < len(won) < len(rows)  # some of each
+    assert sorted(store.episode_ids()) == sorted(r["job"] for r in won)
+    for row in won:
+        mine = sorted((r for r in records if r.episode.tag.episode_id == row["job"]), key=lambda r: r.t)
+        acts = store.open(row["job"]).actions()
+        assert len(acts["action"]) == row["success_step"] == row["labelled"]
+        assert acts["action"].tolist() == acts["agent_action"].tolist() == [r.action["action"] for r in mine][:row["success_step"]]
 
 
 # ---------------------------------------------------------------------------- whole runs

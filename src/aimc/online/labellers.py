@@ -207,8 +207,43 @@ class CrafterDemonstratorLabeller:
         return Labels({"action": label})
 
 
+# ---------------------------------------------------------------------------- any world
+
+
+class OwnSuccessesLabeller:
+    """Keep what worked: in an episode whose task succeeded, the agent's own actions up to the
+    success are the labels; every other step is left unlabelled (not trained on).
+
+    It needs no expert and watches nothing (``bind`` returns the env as it is), so it labels any
+    world with a success rule, Minecraft included. Trained on round after round, it is
+    self-imitation: behaviour cloning of the agent's successful episodes (a cross-entropy-method
+    step on the policy), with the goals it acted on.
+
+    max_steps: keep only successes reached within this many steps (0 = any).
+    """
+
+    name = "own-successes"
+
+    def __init__(self, max_steps: int = 0) -> None:
+        if int(max_steps) < 0:
+            raise UserError(f"labeller.options.max_steps must be 0 (any) or positive, got {max_steps}")
+        self.max_steps = int(max_steps)
+
+    def bind(self, env: dict, task: Any) -> dict:
+        return env
+
+    def label(self, episode: PlayedEpisode) -> Labels:
+        n = len(episode)
+        mask = np.zeros(n, dtype=bool)
+        k = episode.success_step
+        if k is not None and (self.max_steps == 0 or k <= self.max_steps):
+            mask[:min(int(k), n)] = True  # the actions taken before the success rule held
+        return Labels({h: np.asarray(a, dtype=np.int64).copy() for h, a in episode.actions.items()}, mask)
+
+
 LABELLERS: dict[str, Callable[..., Labeller]] = {
     "crafter-demonstrator": CrafterDemonstratorLabeller,
+    "own-successes": OwnSuccessesLabeller,
 }
 
 

@@ -356,6 +356,10 @@ def round_sources(cfg: OnlineConfig, tcfg, run: Path, earlier: EarlierData):
                        optim=replace(tcfg.optim, batch_size=n), runtime=replace(tcfg.runtime, seed=seed))
 
     lengths = _store_lengths(Path(run) / "store")
+    if not lengths:
+        raise UserError(f"the labeller {cfg.labeller.name} has labelled no step in the rounds so far, so there is nothing "
+                        "to train on (own-successes labels successful episodes only): play more episodes per round "
+                        "(collect.episodes) or start from weights that succeed sometimes")
     if not any(n >= tcfg.data.T for n in lengths):
         raise UserError(f"none of the {len(lengths)} labelled episodes so far has T={tcfg.data.T} frames (the train "
                         f"preset's data.T; the longest has {max(lengths, default=0)}), so there is nothing to train on: "
