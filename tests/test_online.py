@@ -196,26 +196,34 @@ def bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle"))
 
 
-def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path, bundle):
+def play_round(tmp_path: Path, bundle: Path, r: int, num_envs: int, overrides: list[str]):
+    """Round ``r`` of the online_crafter preset with ``overrides``, played in this process:
+    (jobs, collected rows, step records, labeller, agent, store, models)."""
     from aimc.config import load_config
     from aimc.eval.suite import load_suite
     from aimc.online.config import OnlineConfig
     from aimc.online.labellers import make_labeller
     from aimc.online.rounds import collect_round, load_models, make_agent, plan_collection
 
-    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", "tasks=[collect_stone,eat_cow]",
-                                                       "collect.episodes=3", "collect.max_steps=12"])
-    suite = load_suite(cfg.suite)
+    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", *overrides])
     labeller = make_labeller(cfg.labeller.name)
-    jobs = plan_collection(cfg, suite, labeller, 2)
-    assert [(j.task.id, j.seed, j.instruction) for j in jobs] == [
-        ("collect_stone", 700_003, "collect stone"), ("eat_cow", 700_004, "eat a cow"), ("collect_stone", 700_005, "mine stone")]
+    jobs = plan_collection(cfg, load_suite(cfg.suite), labeller, r)
     models = load_models(cfg)
     agent = make_agent(str(bundle), models, cfg, seed=5)
     store = EpisodeStore(tmp_path / "store", embed_dtype="float32")
     records = []
-    rows = collect_round(agent, jobs, labeller, store, tmp_path / "r002", 2, heads=models.heads, num_envs=2, workers=0,
-                         on_record=records.append)
+    rows = collect_round(agent, jobs, labeller, store, tmp_path / f"r{r:03d}", r, heads=models.heads, num_envs=num_envs,
+                         workers=0, on_record=records.append)
+    return jobs, rows, records, labeller, agent, store, models
+
+
+def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path, bundle):
+    from aimc.online.rounds import collect_round
+
+    jobs, rows, records, labeller, agent, store, models = play_round(
+        tmp_path, bundle, 2, 2, ["tasks=[collect_stone,eat_cow]", "collect.episodes=3", "collect.max_steps=12"])
+    assert [(j.task.id, j.seed, j.instruction) for j in jobs] == [
+        ("collect_stone", 700_003, "collect stone"), ("eat_cow", 700_004, "eat a cow"), ("collect_stone", 700_005, "mine stone")]
     assert store.episode_ids() == sorted(j.episode_id for j in jobs)
     assert [r["job"] for r in rows] == [j.episode_id for j in jobs]
     for job in jobs:
@@ -250,23 +258,9 @@ def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path
 
 
 def test_own_successes_round_stores_the_steps_before_each_success_only(tmp_path, bundle):
-    from aimc.config import load_config
-    from aimc.eval.suite import load_suite
-    from aimc.online.config import OnlineConfig
-    from aimc.online.labellers import make_labeller
-    from aimc.online.rounds import collect_round, load_models, make_agent, plan_collection
-
-    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", "tasks=[collect_sapling]", "collect.episodes=6",
-                                                       "collect.max_steps=100", "labeller.name=own-successes",
-                                                       "collect.expert_share=[]"])
-    labeller = make_labeller(cfg.labeller.name)
-    jobs = plan_collection(cfg, load_suite(cfg.suite), labeller, 1)
-    models = load_models(cfg)
-    agent = make_agent(str(bundle), models, cfg, seed=5)
-    store = EpisodeStore(tmp_path / "store", embed_dtype="float32")
-    records = []
-    rows = collect_round(agent, jobs, labeller, store, tmp_path / "r001", 1, heads=models.heads, num_envs=3, workers=0,
-                         on_record=records.append)
+    _jobs, rows, records, _lab, _agent, store, _models = play_round(
+        tmp_path, bundle, 1, 3, ["tasks=[collect_sapling]", "collect.episodes=6", "collect.max_steps=100",
+                                 "labeller.name=own-successes", "collect.expert_share=[]"])
     won = [r for r in rows if r["success_step"] is not None]
     assert 0 < len(won) < len(rows)  # some of each
     assert sorted(store.episode_ids()) == sorted(r["job"] for r in won)
