@@ -201,10 +201,8 @@ class Demonstrator:
 
     def _safe(self, action: str) -> int:
         """Never step into lava (the player may walk on it, and dies)."""
-        if action in _DIRS:
-            mat, _ = self.env.world[np.asarray(self.env.player.pos) + np.asarray(_DIRS[action])]
-            if mat == "lava":
-                action = "noop"
+        if self._into_lava(action):
+            action = "noop"
         ties = self._ties if self._ties and action in self._ties else {action}
         self.equally_good = frozenset(ACTION_INDEX[a] for a in ties if a == action or not self._into_lava(a))
         return ACTION_INDEX[action]
@@ -330,8 +328,7 @@ class Demonstrator:
         plan = _Plan(x0, y0)
         start = (px, py)
         plan.order.append(start)
-        seen = {start}
-        depth = {start: 0}
+        depth = {start: 0}  # the tiles reached so far, by path length
         queue = deque([start])
         dirs = list(_DIRS.items())
         if self.config.tie_break == "facing":
@@ -344,13 +341,12 @@ class Demonstrator:
             for name, (dx, dy) in dirs:
                 n = (cx + dx, cy + dy)
                 via = {name} if (cx, cy) == start else plan.firsts[(cx, cy)]
-                if n in seen:
-                    if depth.get(n) == depth[(cx, cy)] + 1:
+                if n in depth:
+                    if depth[n] == depth[(cx, cy)] + 1:
                         plan.firsts[n] |= via  # another shortest path: its first move ties
                     continue
                 if not (x0 <= n[0] < x1 and y0 <= n[1] < y1) or not free[n[0] - x0, n[1] - y0]:
                     continue
-                seen.add(n)
                 depth[n] = depth[(cx, cy)] + 1
                 plan.first[n] = name if (cx, cy) == start else plan.first[(cx, cy)]
                 plan.firsts[n] = set(via)
