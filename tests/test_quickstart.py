@@ -59,6 +59,8 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     assert ft["skill"] in ("make_wood_pickaxe", "place_table", "collect_stone", "place_plant", "eat_cow", "collect_drink")
     online = json.loads((run / "finetune" / "online" / "online.json").read_text())
     assert online["rounds"]["1"]["collect"]["episodes"] == 2 and ft["rounds"] == 1
+    # validated on every instruction, not only the skill trained: the round kept must not cost the others
+    assert set(online["initial"]["tasks"]) == set(online["rounds"]["1"]["validate"]["tasks"]) == {r["condition"] for r in results} - {"_unconditioned"}
     stored = EpisodeStore(run / "finetune" / "online" / "store")
     assert stored.episode_ids() and all(stored.open(e).meta["task"] == ft["skill"] for e in stored.episode_ids())
     assert Path(ft["weights"]).is_file() and (run / "finetune" / "compare" / "report.html").is_file()

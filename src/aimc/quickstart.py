@@ -414,8 +414,12 @@ def weakest_skill(summary: dict, candidates: tuple[str, ...] = ("make_wood_picka
 def online_overrides(run: Path, plan: QuickstartPlan, results: dict, skill: str, minutes: float) -> list[str]:
     """The ``aimc online`` settings (preset ``online_crafter``) of ``quickstart --finetune``: DAgger
     rounds on ``skill`` from the quickstart's policy, mixed half and half with its demonstrations,
-    as many rounds as ``minutes`` holds."""
+    as many rounds as ``minutes`` holds. Every round is validated on every instruction of the
+    closing evaluation, so the round kept is the one with the highest success over all of them: a
+    round that costs the other skills more than it gains on ``skill`` is not kept."""
+    every = ",".join(t.id for t in eval_suite(plan).tasks)
     over = [f"init={results['policy']['weights']}", f"stores=[{run / 'store'}]", f"tasks=[{skill}]",
+            f"validate.tasks=[{every}]",
             f"agent.mineclip={run / 'mineclip' / 'mineclip.safetensors'}", f"agent.prior={results['prior']['path']}",
             f"agent.cond_scale={plan.cond_scale}", "agent.device=cpu", f"seed={plan.seed}", "name=quickstart --finetune"]
     if plan.policy_preset == "crafter_fast":
@@ -423,7 +427,7 @@ def online_overrides(run: Path, plan: QuickstartPlan, results: dict, skill: str,
                        "train.preset=crafter_fast", "train.frames_per_round=640", "validate.episodes=1",
                        "validate.max_steps=10", "validate.workers=0", "validate.num_envs=1"]
     return over + ["rounds=20", f"max_minutes={minutes:.2f}", "collect.episodes=32", "train.frames_per_round=51200",
-                   "validate.episodes=10", f"collect.workers={plan.workers}", f"validate.workers={plan.eval_workers}"]
+                   "validate.episodes=8", f"collect.workers={plan.workers}", f"validate.workers={plan.eval_workers}"]
 
 
 def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: float, progress: bool) -> dict:
