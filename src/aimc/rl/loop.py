@@ -55,13 +55,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from aimc.agent.agent import acting_threads
 from aimc.config import changed_settings, load_config, save_config, to_dict
 from aimc.errors import UserError
 from aimc.eval.metrics import rate_text
 from aimc.rl.config import RLConfig
 from aimc.rl.rollouts import PlannedEpisode, cnn_features, cnn_frozen, collect, gae, reference_log_probs
 from aimc.train.rundir import open_session
-from aimc.utils.io import atomic_write_text, read_state_json
+from aimc.utils.io import atomic_write_text, read_state_json, write_state_json
 
 CONFIG_FILE = "config.yaml"
 CONTINUABLE = {"schedule.updates", "schedule.max_seconds", "name", "runtime.threads", "logging.progress"}
@@ -303,7 +304,6 @@ def curve_svg(rows: list[dict]) -> str:
             f'<rect width="{w}" height="{h}" fill="#ffffff"/>' + chart + "".join(legend) + "</svg>")
 
 
-
 def check_same_config(run: Path, cfg: RLConfig) -> None:
     path = run / CONFIG_FILE
     if not path.is_file():
@@ -432,8 +432,7 @@ def evaluate(cfg: RLConfig, suite: Any, weights: Path, agent: Any, run: Path, pr
         if getattr(agent, "_table", None) is not None:
             _table_agent(ev, agent._table, vsuite)
         folder = run / "eval" / f"cs{scale:g}"
-        with threads(1 if agent.device.type == "cpu" else 0):
-            run_suite(vsuite, ev, folder, num_envs=cfg.eval.num_envs, workers=cfg.eval.workers, progress=progress)
+        run_suite(vsuite, ev, folder, num_envs=cfg.eval.num_envs, workers=cfg.eval.workers, progress=progress)
         summary = write_summary(folder, vsuite)
         out[f"{scale:g}"] = {tid: e["instructed"] for tid, e in summary["tasks"].items()}
     return out
@@ -571,7 +570,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
             agent.generator.manual_seed(agent.seed)  # and every episode's own stream (Agent.begin_episode)
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, u, 99]).generate_state(1)[0]))
             policy.eval()
-            with threads(1 if device.type == "cpu" else 0):
+            with acting_threads(agent):
                 ro = collect(agent, planned, num_envs=cfg.collect.num_envs, fragment=cfg.collect.fragment,
                              reward_factory=reward_factory, stop_on_success=cfg.collect.stop_on_success,
                              workers=cfg.collect.workers, max_retries=cfg.collect.restart_crashed,
@@ -643,7 +642,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
                                          progress=progress_)
                     _write_jsonl(run / "updates.jsonl", rows)
                     _write_jsonl(run / "episodes.jsonl", episodes_log)
-                    atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+                    write_state_json(meta_path, meta)
                     atomic_write_text(run / "README.md", readme_text(cfg, run, rows, meta))
                     atomic_write_text(run / "curve.svg", curve_svg(rows))
             D.barrier(info)
@@ -659,12 +658,12 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, *, progress: bool = True, command
             _write_jsonl(run / "episodes.jsonl", episodes_log)
             if stop_note:
                 meta["stopped"] = stop_note
-            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+            write_state_json(meta_path, meta)
             final, best_w = export(policy, run, list(cfg.checkpoint.export))
             if cfg.eval.episodes and rows:
                 meta["eval"] = {"weights": str(best_w or final), "seed": cfg.eval.seed, "episodes": cfg.eval.episodes,
                                 "scales": evaluate(cfg, suite, Path(best_w or final), agent, run, progress)}
-                atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+                write_state_json(meta_path, meta)
             atomic_write_text(run / "README.md", readme_text(cfg, run, rows, meta))
             if rows:
                 atomic_write_text(run / "curve.svg", curve_svg(rows))
