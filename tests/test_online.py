@@ -117,6 +117,85 @@ def test_expert_share_executes_the_labels_with_that_chance():
         make_env({"name": "crafter-labelled", "goal": goal, "expert_share": 1.5})
 
 
+def test_takeover_steps_in_after_k_wrong_actions_and_drives_m_steps():
+    """Gated DAgger: after K agent actions in a row outside the demonstrator's equally good ones,
+    the demonstrator drives exactly M steps (label.in_control of those frames; the world executes
+    their labels, checked by replaying in a second env), then hands back; steps=0 drives to the end."""
+    from aimc.agent.envs import CONTROL_MEASURE, EXPERT_MEASURE, TIES_MEASURE, make_env
+
+    seed, goal, k, m_steps = 700_004, "collect_stone", 3, 5
+
+    def play(takeover: dict, n: int = 80):
+        env = make_env({"name": "crafter-labelled", "goal": goal, "size": 64, "takeover": takeover})
+        frame, m = env.reset(seed)
+        rng = np.random.default_rng(7)
+        frames, measures, actions = [frame], [m], []
+        for _ in range(n):
+            actions.append(int(rng.integers(0, 17)))
+            frame, m, done = env.step({"action": actions[-1]})
+            frames.append(frame)
+            measures.append(m)
+            if done:
+                break
+        env.close()
+        return frames, measures, actions
+
+    frames, measures, actions = play({"after": k, "steps": m_steps})
+    control = [int(m[CONTROL_MEASURE]) for m in measures]
+    assert [int(m[EXPERT_MEASURE]) for m in measures[1:]] == control[:len(actions)]  # driven = executed the label
+    wrong, left, segments = 0, 0, 0
+    for t, a in enumerate(actions):  # the gate, recomputed from the measures
+        assert control[t] == (left > 0)
+        if left:
+            left -= 1
+            continue
+        wrong = 0 if (int(measures[t][TIES_MEASURE]) >> a) & 1 else wrong + 1
+        if wrong == k:
+            wrong, left, segments = 0, m_steps, segments + 1
+    assert segments >= 2 and 0 < sum(control) < len(control)
+    env = CrafterEnv(CrafterEnvConfig(size=64))
+    env.reset(seed=seed)
+    for t, a in enumerate(actions):
+        obs, *_ = env.step(int(measures[t][LABEL_MEASURE]) if control[t] else a)
+        assert np.array_equal(obs, frames[t + 1])
+    _, to_end, _ = play({"after": k, "steps": 0}, n=60)
+    first = next(t for t, m in enumerate(to_end) if m[CONTROL_MEASURE])
+    assert first >= k and all(m[CONTROL_MEASURE] for m in to_end[first:])
+    _, never, _ = play({}, n=30)
+    assert not any(m[CONTROL_MEASURE] for m in never)
+    for bad in ({"after": 0, "steps": 3}, {"after": 2, "steps": -1}, {"after": 2, "stepz": 3}):
+        with pytest.raises(UserError, match="takeover"):
+            make_env({"name": "crafter-labelled", "goal": goal, "takeover": bad})
+
+
+def test_train_on_takeover_labels_only_the_driven_steps():
+    """train_on=takeover: the mask is the steps the demonstrator drove, labelled with what it
+    executed (ties=agent does not replace those); bind passes takeover to the env."""
+    from aimc.agent.envs import CONTROL_MEASURE, LABEL_MEASURE, TIES_MEASURE
+    from aimc.eval.suite import load_suite
+    from aimc.online.labellers import PlayedEpisode, make_labeller
+
+    opts = {"takeover": {"after": 2, "steps": 3}, "train_on": "takeover", "ties": "agent"}
+    lab = make_labeller("crafter-demonstrator", opts)
+    env = lab.bind(load_suite("crafter-core").env, load_suite("crafter-core").task("collect_stone"))
+    assert env["takeover"] == {"after": 2, "steps": 3} and env["name"] == "crafter-labelled"
+    label, control = [3, 4, 5, 6, 7], [0, 0, 1, 1, 0]
+    agent = [3, 1, 1, 1, 1]
+    ties = [1 << 3, (1 << 4) | (1 << 1), (1 << 5) | (1 << 1), 1 << 6, (1 << 7) | (1 << 1)]
+    measures = [{LABEL_MEASURE: float(a), TIES_MEASURE: float(b), CONTROL_MEASURE: float(c)}
+                for a, b, c in zip(label, ties, control)]
+    ep = PlayedEpisode("collect_stone", "x", "en", 0, env, np.zeros((5, 4, 4, 3), np.uint8),
+                       {"action": np.array(agent)}, np.zeros((5, 2), np.float32), measures)
+    got = lab.label(ep)
+    assert got.mask.tolist() == [False, False, True, True, False]
+    assert got.actions["action"].tolist() == [3, 1, 5, 6, 1]  # driven steps keep the executed label
+    assert make_labeller("crafter-demonstrator", {"takeover": {"after": 2, "steps": 3}}).label(ep).mask is None
+    with pytest.raises(UserError, match="train_on"):
+        make_labeller("crafter-demonstrator", {"train_on": "takeover"})
+    with pytest.raises(UserError, match="train_on"):
+        make_labeller("crafter-demonstrator", {"train_on": "some"})
+
+
 def test_labeller_binding_and_errors():
     from aimc.eval.suite import load_suite
     from aimc.online.labellers import Labels, check_labels, labelled_segments, make_labeller

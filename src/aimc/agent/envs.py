@@ -149,6 +149,7 @@ class CrafterExpertEnv(CrafterEvalEnv):
 LABEL_MEASURE = "label.action"  # the labelling demonstrator's action for the frame just returned
 EXPERT_MEASURE = "label.expert_acted"  # 1: the step that led to this frame executed the label, not the agent's action
 TIES_MEASURE = "label.ties"  # bit k set: action k is as good as label.action in this frame (label.action's bit included)
+CONTROL_MEASURE = "label.in_control"  # 1: the demonstrator has taken over; the action of this frame executes the label
 
 
 class CrafterLabelledEnv(CrafterEvalEnv):
@@ -171,12 +172,17 @@ class CrafterLabelledEnv(CrafterEvalEnv):
     executes the demonstrator's action for the current frame instead of the agent's (drawn from
     a stream seeded by the world seed; the measure ``label.expert_acted`` of the next frame says
     which). 0 = the agent alone decides where the episode goes.
+    takeover: ``{after: K, steps: M}``, the demonstrator stepping in where the agent goes wrong
+    (gated DAgger, as a person watching would): after K of the agent's actions in a row that
+    are not among the demonstrator's equally good ones, the demonstrator drives for the next M
+    steps (0 = to the end of the episode), then hands back. The measure ``label.in_control`` of
+    a frame says whether the demonstrator drives from it. None = it never takes over.
     """
 
-    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE, EXPERT_MEASURE, TIES_MEASURE}
+    known_measures = CrafterEvalEnv.known_measures | {LABEL_MEASURE, EXPERT_MEASURE, TIES_MEASURE, CONTROL_MEASURE}
 
     def __init__(self, goal: str, demonstrator: dict | None = None, size: int = 64, max_steps: int = 10_000,
-                 expert_share: float = 0.0, **kwargs: Any) -> None:
+                 expert_share: float = 0.0, takeover: dict | None = None, **kwargs: Any) -> None:
         from aimc.envs.demonstrator import GOALS, DemonstratorConfig
 
         if goal not in GOALS:
@@ -187,7 +193,17 @@ class CrafterLabelledEnv(CrafterEvalEnv):
             raise UserError(f"crafter-labelled: demonstrator.{bad[0]} is set by the pinned goal, leave it out")
         if not 0.0 <= float(expert_share) <= 1.0:
             raise UserError(f"crafter-labelled: expert_share must be in [0, 1], got {expert_share}")
+        takeover = dict(takeover or {})
+        unknown = sorted(set(takeover) - {"after", "steps"})
+        after, steps = takeover.get("after", 0), takeover.get("steps", 0)
+        if unknown or (takeover and not (isinstance(after, int) and after >= 1 and isinstance(steps, int) and steps >= 0)):
+            raise UserError(f"crafter-labelled: takeover must be {{after: K, steps: M}} with K >= 1 wrong actions in a row "
+                            f"and M >= 0 steps (0 = to the episode's end), got {takeover}")
         super().__init__(size=size, max_steps=max_steps, **kwargs)
+        self.takeover_after = int(after) if takeover else 0
+        self.takeover_steps = int(steps)
+        self._wrong = 0  # the agent's wrong actions in a row
+        self._control = 0  # steps the demonstrator still drives (-1: to the end)
         self.goal = goal
         self.demo_config = DemonstratorConfig(**opts)
         self.demo = None
@@ -197,8 +213,10 @@ class CrafterLabelledEnv(CrafterEvalEnv):
 
     def _label(self, measures: dict[str, float], info: dict) -> dict[str, float]:
         self._label_now = int(self.demo.act(info))
+        self._ties_now = frozenset(self.demo.equally_good) | {self._label_now}
         measures[LABEL_MEASURE] = float(self._label_now)
-        measures[TIES_MEASURE] = float(sum(1 << a for a in self.demo.equally_good))  # 17 actions: exact in a float
+        measures[TIES_MEASURE] = float(sum(1 << a for a in self._ties_now))  # 17 actions: exact in a float
+        measures[CONTROL_MEASURE] = float(self._control != 0)
         return measures
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -207,14 +225,24 @@ class CrafterLabelledEnv(CrafterEvalEnv):
         obs, info = self.env.reset(seed=int(seed))
         self.demo = Demonstrator(self.env, self.demo_config, seed=int(seed))
         self.demo.reset(self.goal)
-        self._mixing = np.random.default_rng([int(seed), 0x6DA6])  # the takeover draws: the world's own stream
+        self._mixing = np.random.default_rng([int(seed), 0x6DA6])  # the mixing draws: the world's own stream
+        self._wrong, self._control = 0, 0
         measures = self._label(crafter_measures(info), info)
         measures[EXPERT_MEASURE] = 0.0
         return np.asarray(obs, dtype=np.uint8), measures
 
     def step(self, action: dict[str, int]) -> tuple[np.ndarray, dict[str, float], bool]:
+        agent = int(action["action"])
         expert = self.expert_share > 0.0 and self._mixing.random() < self.expert_share
-        obs, _reward, terminated, truncated, info = self.env.step(self._label_now if expert else int(action["action"]))
+        if self._control != 0:  # the demonstrator drives this step
+            expert = True
+            self._control -= 1 if self._control > 0 else 0
+        elif self.takeover_after:
+            self._wrong = 0 if agent in self._ties_now else self._wrong + 1
+            if self._wrong >= self.takeover_after:  # it steps in from the next frame on
+                self._wrong = 0
+                self._control = self.takeover_steps if self.takeover_steps else -1
+        obs, _reward, terminated, truncated, info = self.env.step(self._label_now if expert else agent)
         self.demo.observe(info)
         measures = self._label(crafter_measures(info), info)
         measures[EXPERT_MEASURE] = float(expert)

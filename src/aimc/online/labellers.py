@@ -162,17 +162,30 @@ class CrafterDemonstratorLabeller:
         demonstrator's (another first move of a shortest path, another free way to explore:
         ``Demonstrator.equally_good``): "demonstrator" = always the demonstrator's; "agent" =
         the agent's own, so that only real mistakes are corrected.
+    takeover: ``{after: K, steps: M}``: the demonstrator steps in after K wrong actions of the
+        agent in a row and drives M steps (0 = to the end), as a person watching would
+        (``crafter-labelled``'s ``takeover``). None = it only labels.
+    train_on: "all" = every step is labelled (DAgger); "takeover" = only the steps the
+        demonstrator drove after stepping in (gated DAgger: its recoveries from the states the
+        agent led it into, whose actions follow one another as in its own demonstrations).
     """
 
     name = "crafter-demonstrator"
 
     def __init__(self, goals: dict[str, str] | None = None, demonstrator: dict[str, Any] | None = None,
-                 ties: str = "demonstrator") -> None:
+                 ties: str = "demonstrator", takeover: dict[str, int] | None = None, train_on: str = "all") -> None:
         from aimc.envs.demonstrator import DemonstratorConfig
 
         if ties not in ("demonstrator", "agent"):
             raise UserError(f"labeller.options.ties must be 'demonstrator' or 'agent', got {ties!r}")
+        if train_on not in ("all", "takeover"):
+            raise UserError(f"labeller.options.train_on must be 'all' or 'takeover', got {train_on!r}")
+        if train_on == "takeover" and not takeover:
+            raise UserError("labeller.options.train_on=takeover needs labeller.options.takeover={after: K, steps: M} "
+                            "(when the demonstrator steps in)")
         self.ties = ties
+        self.train_on = train_on
+        self.takeover = dict(takeover or {})
         self.goals = dict(goals or {})
         self.demonstrator = dict(demonstrator or {})
         try:
@@ -184,27 +197,30 @@ class CrafterDemonstratorLabeller:
         if env.get("name") not in ("crafter", "crafter-labelled"):
             raise UserError(f"the crafter-demonstrator labeller labels the built-in world (env crafter), "
                             f"not env {env.get('name')!r}; pick another labeller.name")
-        return {**env, "name": "crafter-labelled", "goal": demonstrator_goal(task, self.goals),
-                "demonstrator": self.demonstrator}
+        out = {**env, "name": "crafter-labelled", "goal": demonstrator_goal(task, self.goals),
+               "demonstrator": self.demonstrator}
+        return {**out, "takeover": self.takeover} if self.takeover else out
 
     def mixing(self, env: dict, share: float) -> dict:
         """The bound env in which the demonstrator's action is executed with chance ``share``."""
         return {**env, "expert_share": float(share)} if share > 0 else env
 
     def label(self, episode: PlayedEpisode) -> Labels:
-        from aimc.agent.envs import LABEL_MEASURE, TIES_MEASURE
+        from aimc.agent.envs import CONTROL_MEASURE, LABEL_MEASURE, TIES_MEASURE
 
-        need = (LABEL_MEASURE, TIES_MEASURE) if self.ties == "agent" else (LABEL_MEASURE,)
+        need = (LABEL_MEASURE,) + ((TIES_MEASURE,) if self.ties == "agent" else ()) \
+            + ((CONTROL_MEASURE,) if self.train_on == "takeover" else ())
         missing = [(t, k) for t, m in enumerate(episode.measures) for k in need if k not in m]
         if missing:
             raise UserError(f"episode on world {episode.seed}: frame {missing[0][0]} has no {missing[0][1]} measure; "
                             "it was not played in the env this labeller binds (crafter-labelled)")
         label = np.asarray([int(m[LABEL_MEASURE]) for m in episode.measures], dtype=np.int64)
-        if self.ties == "agent":
+        driven = np.asarray([m.get(CONTROL_MEASURE, 0.0) == 1.0 for m in episode.measures], dtype=bool)
+        if self.ties == "agent":  # not where the demonstrator drove: there the label is what was executed
             agent = np.asarray(episode.actions["action"], dtype=np.int64)
             ties = np.asarray([int(m[TIES_MEASURE]) for m in episode.measures], dtype=np.int64)
-            label = np.where((ties >> agent) & 1 == 1, agent, label)
-        return Labels({"action": label})
+            label = np.where(((ties >> agent) & 1 == 1) & ~driven, agent, label)
+        return Labels({"action": label}, driven if self.train_on == "takeover" else None)
 
 
 # ---------------------------------------------------------------------------- any world
