@@ -194,6 +194,8 @@ def test_train_on_takeover_labels_only_the_driven_steps():
         make_labeller("crafter-demonstrator", {"train_on": "takeover"})
     with pytest.raises(UserError, match="train_on"):
         make_labeller("crafter-demonstrator", {"train_on": "some"})
+    with pytest.raises(UserError, match="labeller.options.takeover must be"):
+        make_labeller("crafter-demonstrator", {"takeover": {"after": True}})
 
 
 def test_labeller_binding_and_errors():

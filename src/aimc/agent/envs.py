@@ -152,6 +152,19 @@ TIES_MEASURE = "label.ties"  # bit k set: action k is as good as label.action in
 CONTROL_MEASURE = "label.in_control"  # 1: the demonstrator has taken over; the action of this frame executes the label
 
 
+def check_takeover(takeover: dict | None, where: str) -> tuple[int, int]:
+    """``{after: K, steps: M}`` -> (K, M), checked; (0, 0) = no takeover. A clear error otherwise."""
+    takeover = dict(takeover or {})
+    if not takeover:
+        return 0, 0
+    after, steps = takeover.get("after"), takeover.get("steps", 0)
+    ok = set(takeover) <= {"after", "steps"} and all(type(v) is int for v in (after, steps))
+    if not ok or after < 1 or steps < 0:
+        raise UserError(f"{where} must be {{after: K, steps: M}} with K >= 1 wrong actions in a row and M >= 0 steps "
+                        f"(0 = to the episode's end), got {takeover}")
+    return after, steps
+
+
 class CrafterLabelledEnv(CrafterEvalEnv):
     """The built-in world played by the agent and watched by the scripted demonstrator pinned to
     ``goal``: the labeller of ``aimc online`` (DAgger), living in this env's worker process.
@@ -193,15 +206,8 @@ class CrafterLabelledEnv(CrafterEvalEnv):
             raise UserError(f"crafter-labelled: demonstrator.{bad[0]} is set by the pinned goal, leave it out")
         if not 0.0 <= float(expert_share) <= 1.0:
             raise UserError(f"crafter-labelled: expert_share must be in [0, 1], got {expert_share}")
-        takeover = dict(takeover or {})
-        unknown = sorted(set(takeover) - {"after", "steps"})
-        after, steps = takeover.get("after", 0), takeover.get("steps", 0)
-        if unknown or (takeover and not (isinstance(after, int) and after >= 1 and isinstance(steps, int) and steps >= 0)):
-            raise UserError(f"crafter-labelled: takeover must be {{after: K, steps: M}} with K >= 1 wrong actions in a row "
-                            f"and M >= 0 steps (0 = to the episode's end), got {takeover}")
+        self.takeover_after, self.takeover_steps = check_takeover(takeover, "crafter-labelled: takeover")
         super().__init__(size=size, max_steps=max_steps, **kwargs)
-        self.takeover_after = int(after) if takeover else 0
-        self.takeover_steps = int(steps)
         self._wrong = 0  # the agent's wrong actions in a row
         self._control = 0  # steps the demonstrator still drives (-1: to the end)
         self.goal = goal

@@ -174,8 +174,10 @@ class CrafterDemonstratorLabeller:
 
     def __init__(self, goals: dict[str, str] | None = None, demonstrator: dict[str, Any] | None = None,
                  ties: str = "demonstrator", takeover: dict[str, int] | None = None, train_on: str = "all") -> None:
+        from aimc.agent.envs import check_takeover
         from aimc.envs.demonstrator import DemonstratorConfig
 
+        check_takeover(takeover, "labeller.options.takeover")
         if ties not in ("demonstrator", "agent"):
             raise UserError(f"labeller.options.ties must be 'demonstrator' or 'agent', got {ties!r}")
         if train_on not in ("all", "takeover"):
