@@ -403,6 +403,17 @@ def test_online_command_runs_rounds_and_writes_readme_and_exports(straight):
     readme = (straight / "README.md").read_text()
     assert "| 0 (start) |" in readme and "\n| 1 | 2 |" in readme and "\n| 2 | 2 |" in readme
     assert "validation success [95 % CI]" in readme and "Best round:" in readme
+    from dataclasses import replace
+
+    from aimc.config import load_config
+    from aimc.online.config import OnlineConfig
+    from aimc.online.rounds import readme_text
+
+    cfg = load_config(OnlineConfig, str(straight / "config.yaml"), [])
+    kept_later = {**state, "best": {**state["best"], "round": 2}}
+    assert "often the luckiest one" in readme_text(cfg, kept_later)  # 2 validation episodes: noise picks the round
+    assert "often the luckiest one" not in readme_text(replace(cfg, validate=replace(cfg.validate, episodes=60)), kept_later)
+    assert "often the luckiest one" not in readme_text(cfg, {**state, "best": {**state["best"], "round": 0}})
     for name in ("final.safetensors", "final.yaml", "best.safetensors", "best.yaml", "config.yaml"):
         assert (straight / name).is_file(), name
     final = load_file(str(straight / "final.safetensors"))

@@ -526,6 +526,10 @@ def readme_text(cfg: OnlineConfig, state: dict) -> str:
     if best:
         lines.append(f"Best round: {best['round']} (validation success {rate_text(best.get('success'))}), "
                      f"exported as {', '.join(f'`{Path(p).name}`' for p in best['files'])}.")
+        if best["round"] and cfg.validate.episodes < 60:
+            lines.append(f"Validated on {cfg.validate.episodes} episodes per task: with fewer than 60, the round kept is "
+                         "often the luckiest one, not the best (docs/online.md); play it again on other worlds with "
+                         "`aimc eval` before using it.")
     if state.get("stopped"):
         lines.append(f"Stopped early: {state['stopped']}.")
     if final:
