@@ -242,7 +242,8 @@ class CrafterLabelledEnv(CrafterEvalEnv):
         expert = self.expert_share > 0.0 and self._mixing.random() < self.expert_share
         if self._control != 0:  # the demonstrator drives this step
             expert = True
-            self._control -= 1 if self._control > 0 else 0
+            if self._control > 0:  # -1 drives to the end
+                self._control -= 1
         elif self.takeover_after:
             self._wrong = 0 if agent in self._ties_now else self._wrong + 1
             if self._wrong >= self.takeover_after:  # it steps in from the next frame on
