@@ -100,7 +100,8 @@ def stage_train_config(plan: ContinualConfig, run: Path, j: int, init: str, goal
     from aimc.train.config import TrainConfig
 
     s = plan.stages[j - 1]
-    base = load_config(TrainConfig, plan.preset, ["data.weights=[]", *plan.overrides, *s.overrides])
+    base = load_config(TrainConfig, plan.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
+                                                  *plan.overrides, *s.overrides])
     stores, weights = [], []
     for part in stage_parts(plan, run, j):
         w = part["weights"] or [1.0] * len(part["stores"])
@@ -115,7 +116,9 @@ def stage_train_config(plan: ContinualConfig, run: Path, j: int, init: str, goal
         name=f"{plan.name or 'continual'} stage {j} {s.name} ({plan.preset})",
         data=replace(base.data, stores=stores, weights=weights),
         model=replace(base.model, init=str(init), model_file="", goal_dim=goal_dim, policy={}),
-        optim=replace(base.optim, l2sp=l2sp, l2sp_anchor=str(plan.init) if l2sp else ""),
+        # the anchors are the weights the plan started from, not the previous stage's
+        optim=replace(base.optim, l2sp=l2sp, l2sp_anchor=str(plan.init) if l2sp else "",
+                      uncond_kl_anchor=base.optim.uncond_kl_anchor or (str(plan.init) if base.optim.uncond_kl else "")),
         schedule=replace(base.schedule, n_frames=frames, warmup_frames=int(frames * plan.warmup_fraction)),
         runtime=replace(base.runtime, seed=plan.seed + j),
     )
@@ -379,7 +382,8 @@ def check_plan_inputs(plan: ContinualConfig) -> None:
 
     world = load_suite(plan.evaluate.suite).env.get("name")
     for j, s in enumerate(plan.stages, 1):
-        load_config(TrainConfig, plan.preset, ["data.weights=[]", *plan.overrides, *s.overrides])  # typos fail now
+        load_config(TrainConfig, plan.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
+                                               *plan.overrides, *s.overrides])  # typos fail now
         if s.record is not None and world != "crafter":
             raise UserError(f"stage {s.name}: record: plays the built-in world's demonstrator, but suite "
                             f"{plan.evaluate.suite} runs {world!r}; give this stage's data as stores: [...]")

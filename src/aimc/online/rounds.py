@@ -279,7 +279,9 @@ def round_train_config(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim
     from aimc.train.config import TrainConfig
 
     # data.weights=[]: a preset's mixture weights (crafter_finetune's 0.8/0.2) are replaced below
-    base = load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", *cfg.train.overrides])
+    # model.init: the round's start weights (a JSON string is a YAML string whatever the path holds)
+    base = load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
+                                                       *cfg.train.overrides])
     share = cfg.mix.online_share
     online = str(Path(run) / "store")
     if share >= 1.0:
@@ -290,6 +292,10 @@ def round_train_config(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim
         stores = [*map(str, cfg.stores), online]
         weights = [(1.0 - share) * n / total for n in sizes] + [share]
     frames = cfg.train.frames_per_round
+    # the anchors of L2-SP and of the unconditioned policy are the weights the run started from, not
+    # the round's (which are the previous round's): what the whole run may move stays bounded
+    optim = replace(base.optim, l2sp_anchor=base.optim.l2sp_anchor or (cfg.init if base.optim.l2sp else ""),
+                    uncond_kl_anchor=base.optim.uncond_kl_anchor or (cfg.init if base.optim.uncond_kl else ""))
     # the rounds reload their weights from .safetensors (+ .yaml): always export it, first
     export = [".safetensors", *[f for f in base.checkpoint.export if f != ".safetensors"]]
     return replace(
@@ -297,6 +303,7 @@ def round_train_config(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim
         checkpoint=replace(base.checkpoint, export=export),
         name=f"{cfg.name or 'online'} round {r} ({cfg.train.preset})",
         data=replace(base.data, stores=stores, weights=weights),
+        optim=optim,
         model=replace(base.model, init=str(init), model_file="", goal_dim=goal_dim, policy={}),
         schedule=replace(base.schedule, n_frames=frames, warmup_frames=int(frames * cfg.train.warmup_fraction)),
         runtime=replace(base.runtime, seed=cfg.seed + r),
@@ -634,7 +641,8 @@ def check_inputs(cfg: OnlineConfig) -> None:
         raise UserError(f"--init {init}: its config {init.with_suffix('.yaml').name} is missing beside it (aimc saves both)")
     from aimc.train.config import TrainConfig
 
-    load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", *cfg.train.overrides])  # a typo fails now, not after round 1's play
+    load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
+                                                 *cfg.train.overrides])  # a typo fails now, not after round 1's play
     if not cfg.stores and cfg.mix.online_share < 1.0:
         raise UserError(f"mix.online_share={cfg.mix.online_share:g} mixes earlier data into every round, but no --store "
                         "was given: pass the earlier data (e.g. --store runs/quickstart/store) or set mix.online_share=1")

@@ -25,12 +25,7 @@ import torch
 from aimc.rl.config import PPOConfig
 from aimc.rl.rollouts import Rollout, gather_states, policy_forward
 from aimc.train import distributed as D
-from aimc.train.policy import Learner, optimizer_step
-
-
-def kl_to_reference(logits: dict[str, torch.Tensor], ref_logits: dict[str, torch.Tensor]) -> torch.Tensor:
-    """KL(pi || pi_ref) summed over heads: normalised log-probs {head: (..., n)} -> (...)."""
-    return sum((lp.exp() * (lp - ref_logits[h].to(lp.dtype))).sum(-1) for h, lp in logits.items())
+from aimc.train.policy import Learner, kl_to_reference, optimizer_step
 
 
 def explained_variance(pred: np.ndarray, target: np.ndarray) -> float:

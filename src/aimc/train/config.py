@@ -230,12 +230,28 @@ class OptimConfig:
     """Weights theta0 of L2-SP (aimc ``.safetensors`` + ``.yaml``); empty = the ``model.init``
     weights. ``aimc continual`` sets it to the plan's ``init`` so that every stage is pulled toward
     the weights the plan started from, not the previous stage's."""
+    uncond_kl: float = 0.0
+    """Keep the unconditioned policy: add this coefficient x KL(pi(.|s, no goal) || pi_ref(.|s, no goal))
+    to the loss (0 = off), on a share (``optim.uncond_kl_share``) of every batch's sequences with
+    their goal zeroed, pi_ref = the frozen ``optim.uncond_kl_anchor`` weights. Guidance acts with
+    (1 + s) cond - s uncond: data whose goals are all one instruction also move the unconditioned
+    policy, and that cancels part of what the instruction gains; this holds it where it was
+    (docs/online.md). Costs one more forward of that share and a frozen copy of the policy."""
+    uncond_kl_anchor: str = ""
+    """Weights pi_ref of ``optim.uncond_kl`` (aimc ``.safetensors`` + ``.yaml``); empty = ``model.init``
+    (``aimc online`` sets it to its ``--init``, the weights the run started from)."""
+    uncond_kl_share: float = 0.25
+    """Share of each batch's sequences played again without a goal for ``optim.uncond_kl``."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(self.l2sp >= 0, f"optim.l2sp must be >= 0 (0 = off), got {self.l2sp}")
         _check(not self.l2sp_anchor or self.l2sp_anchor.endswith(".safetensors"),
                f"optim.l2sp_anchor must be aimc .safetensors weights (with their .yaml), got {self.l2sp_anchor!r}")
+        _check(self.uncond_kl >= 0, f"optim.uncond_kl must be >= 0 (0 = off), got {self.uncond_kl}")
+        _check(not self.uncond_kl_anchor or self.uncond_kl_anchor.endswith(".safetensors"),
+               f"optim.uncond_kl_anchor must be aimc .safetensors weights (with their .yaml), got {self.uncond_kl_anchor!r}")
+        _check(0 < self.uncond_kl_share <= 1, f"optim.uncond_kl_share must be in (0, 1], got {self.uncond_kl_share}")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.batch_size > 0, f"optim.batch_size must be > 0, got {self.batch_size}")
         _check(self.trunc_t > 0, f"optim.trunc_t must be > 0, got {self.trunc_t}")
@@ -449,6 +465,16 @@ class TrainConfig:
             not self.optim.l2sp or self.model.init or self.optim.l2sp_anchor,
             f"optim.l2sp={self.optim.l2sp:g} pulls the weights toward the ones training started from, but there are "
             "none: set model.init (the weights to fine-tune) or optim.l2sp_anchor, or optim.l2sp=0",
+        )
+        _check(
+            not self.optim.uncond_kl or self.model.init or self.optim.uncond_kl_anchor,
+            f"optim.uncond_kl={self.optim.uncond_kl:g} holds the unconditioned policy where the start weights had it, "
+            "but there are none: set model.init (the weights to fine-tune) or optim.uncond_kl_anchor, or optim.uncond_kl=0",
+        )
+        _check(
+            not self.optim.uncond_kl or self.optim.trunc_t == self.data.T,
+            f"optim.uncond_kl plays whole sequences again without a goal, so it needs optim.trunc_t = data.T "
+            f"(got trunc_t {self.optim.trunc_t}, T {self.data.T}): set optim.trunc_t={self.data.T}, or optim.uncond_kl=0",
         )
 
     @property

@@ -121,6 +121,51 @@ def bc_loss(model: nn.Module, policy: nn.Module, c: dict[str, Any], state: Any) 
     return -logp.float().mean(), new_state
 
 
+def kl_to_reference(logits: dict[str, torch.Tensor], ref_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    """KL(pi || pi_ref) summed over heads: normalised log-probs {head: (..., n)} -> (...)."""
+    return sum((lp.exp() * (lp - ref_logits[h].to(lp.dtype))).sum(-1) for h, lp in logits.items())
+
+
+class UncondAnchoredLoss:
+    """Behaviour cloning plus ``coef`` x KL(pi(.|s, 0) || pi_ref(.|s, 0)) (``optim.uncond_kl``).
+
+    Every ``stride``-th sequence of the chunk is played again with its goal zeroed, in the same
+    forward as the chunk (one pass, so DDP sees one forward per backward); ``reference`` (frozen)
+    plays those sequences without a goal too. Needs whole sequences per chunk (trunc_t = T): both
+    passes start from the initial state. ``kl_sum`` / ``count`` accumulate the KL for the log.
+    """
+
+    def __init__(self, reference: nn.Module, coef: float, share: float) -> None:
+        self.reference, self.coef = reference, float(coef)
+        self.stride = max(1, round(1.0 / share))
+        self.kl_sum, self.count = 0.0, 0
+
+    def __call__(self, model: nn.Module, policy: nn.Module, c: dict[str, Any], state: Any) -> tuple[torch.Tensor, Any]:
+        B = c["first"].shape[0]
+        idx = torch.arange(0, B, self.stride, device=c["first"].device)
+        img_u, first_u = c["img"][idx], c["first"][idx]  # (n, t, H, W, 3), (n, t)
+        goal_u = torch.zeros_like(c["goal"][idx])  # (n, t, D): no goal
+        device = c["first"].device
+        logits, _vpred, new_state = model(torch.cat([c["img"], img_u]), torch.cat([c["goal"], goal_u]),
+                                          torch.cat([c["first"], first_u]), policy.initial_state(B + len(idx), device=device))
+        cond = {h: lp[:B] for h, lp in logits.items()}
+        uncond = {h: lp[B:] for h, lp in logits.items()}
+        nll = -policy.log_prob(cond, c["actions"]).float().mean()
+        with torch.no_grad():
+            ref, _, _ = self.reference(img_u, goal_u, first_u, self.reference.initial_state(len(idx), device=device))
+        kl = kl_to_reference(uncond, ref).float().mean()
+        self.kl_sum += float(kl.detach())
+        self.count += 1
+        # the state is never carried on: trunc_t = T, so the next chunk starts a new sequence
+        return nll + self.coef * kl, new_state
+
+    def take_mean(self) -> float | None:
+        """Mean KL since the last call (None when no chunk ran), and reset."""
+        out = self.kl_sum / self.count if self.count else None
+        self.kl_sum, self.count = 0.0, 0
+        return out
+
+
 def micro_step(model: nn.Module, policy: nn.Module, c: dict[str, Any], state: Any, precision: str,
                device: torch.device, scale: float = 1.0, scaler: torch.amp.GradScaler | None = None,
                loss_fn: Callable = bc_loss) -> tuple[torch.Tensor, Any]:
@@ -305,6 +350,7 @@ class Learner:
     ddp: nn.Module | None = None  # the DDP wrapper: gradients are all-reduced on the last micro-step only
     anchor: dict[str, torch.Tensor] | None = None  # L2-SP's theta0 by parameter name (None: off)
     l2sp: float = 0.0  # L2-SP's alpha
+    loss_fn: Callable = bc_loss  # the per-chunk loss (UncondAnchoredLoss with optim.uncond_kl)
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -357,16 +403,17 @@ class SequenceChunks:
 
 
 def optimizer_step(learner: Learner, micro_batches: MicroBatches, grad_accum: int, max_grad_norm: float = 0.0,
-                   info: D.DistInfo | None = None, loss_fn: Callable = bc_loss) -> StepStats:
+                   info: D.DistInfo | None = None, loss_fn: Callable | None = None) -> StepStats:
     """One optimizer step: ``grad_accum`` micro-steps (forward + backward, gradients summed),
     unscale (fp16), L2-SP's gradient (``learner.anchor``), gradient norm, divergence check, clip, step.
 
     Raises :class:`TrainingDiverged` (weights untouched, gradients dropped) when the loss is not
     finite on any rank. ``loss_fn(model, policy, chunk, state) -> (loss, state)`` is the
-    per-chunk loss (behaviour cloning by default).
+    per-chunk loss (default: ``learner.loss_fn``, behaviour cloning unless ``optim.uncond_kl``).
     """
     info = info or D.DistInfo()
     L = learner
+    loss_fn = loss_fn or L.loss_fn
     loss_sum = torch.zeros((), device=L.device)
     for k in range(grad_accum):
         c, state = micro_batches.next()
@@ -404,6 +451,20 @@ def setup_learner(cfg: TrainConfig, policy: nn.Module, info: D.DistInfo, device:
 
     start = ({k: v.detach().clone() for k, v in policy.state_dict().items()}
              if cfg.optim.l2sp and not cfg.optim.l2sp_anchor else None)  # the weights training starts from
+    loss_fn: Callable = bc_loss
+    if cfg.optim.uncond_kl:  # a frozen copy of the start weights (or the anchor's), before freezing / LoRA
+        if cfg.optim.uncond_kl_anchor:
+            from aimc.checkpoints.vpt import load_policy
+
+            reference = load_policy(cfg.optim.uncond_kl_anchor)
+            if reference.state_dict().keys() != policy.state_dict().keys() or any(
+                    v.shape != policy.state_dict()[k].shape for k, v in reference.state_dict().items()):
+                raise UserError(f"optim.uncond_kl_anchor {cfg.optim.uncond_kl_anchor} is not the policy's architecture: "
+                                "anchor with weights of the same architecture (e.g. the ones training starts from)")
+        else:
+            reference = copy.deepcopy(policy)
+        reference.to(device).eval().requires_grad_(False)
+        loss_fn = UncondAnchoredLoss(reference, cfg.optim.uncond_kl, cfg.optim.uncond_kl_share)
     changes = prepare_for_training(policy, cfg)
     policy.to(device)
     if cfg.model.channels_last and device.type == "cuda":
@@ -424,7 +485,7 @@ def setup_learner(cfg: TrainConfig, policy: nn.Module, info: D.DistInfo, device:
             anchor = l2sp_anchor(policy, load_policy(cfg.optim.l2sp_anchor).state_dict(), source)
         else:
             anchor = l2sp_anchor(policy, start, f"model.init {cfg.model.init}")
-    return Learner(policy, model, optimizer, scaler, precision, device, ddp, anchor, cfg.optim.l2sp), changes
+    return Learner(policy, model, optimizer, scaler, precision, device, ddp, anchor, cfg.optim.l2sp, loss_fn), changes
 
 
 def restore(learner: Learner, cfg: TrainConfig, latest: Path | None) -> tuple[ckpt.Progress, Any]:
@@ -717,8 +778,11 @@ def train_policy(
                     log.warn(f"gradient norm {g:.1f} at step {progress.step} (healthy: 0.5-5); "
                              "if it keeps growing lower optim.lr or optim.max_grad_norm")
                 uncond = stream.uncond
+                kl = learner.loss_fn.take_mean() if isinstance(learner.loss_fn, UncondAnchoredLoss) else None
                 log.scalars(progress, {
-                    "train/loss": float(loss_acc) / n_acc,
+                    # train/loss is behaviour cloning's NLL alone; the KL of optim.uncond_kl is logged apart
+                    "train/loss": float(loss_acc) / n_acc - (learner.loss_fn.coef * kl if kl is not None else 0.0),
+                    **({"train/uncond_kl": kl} if kl is not None else {}),
                     "train/lr": lr,
                     "train/grad_norm": g,
                     "train/weight_norm": float(weight_norm(trainable)),
