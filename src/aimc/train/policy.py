@@ -154,14 +154,14 @@ class UncondAnchoredLoss:
         with torch.no_grad():
             ref, _, _ = self.reference(img_u, goal_u, first_u, self.reference.initial_state(len(idx), device=device))
         kl = kl_to_reference(uncond, ref).float().mean()
-        self.kl_sum += float(kl.detach())
+        self.kl_sum = self.kl_sum + kl.detach()  # a tensor: no host sync on the hot path
         self.count += 1
         # the state is never carried on: trunc_t = T, so the next chunk starts a new sequence
         return nll + self.coef * kl, new_state
 
     def take_mean(self) -> float | None:
         """Mean KL since the last call (None when no chunk ran), and reset."""
-        out = self.kl_sum / self.count if self.count else None
+        out = float(self.kl_sum) / self.count if self.count else None
         self.kl_sum, self.count = 0.0, 0
         return out
 
