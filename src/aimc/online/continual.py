@@ -97,11 +97,10 @@ def stage_train_config(plan: ContinualConfig, run: Path, j: int, init: str, goal
     """Stage ``j``'s TrainConfig: the plan's preset and overrides, the stage's overrides, then what
     aimc continual sets (``plan.STAGE_KEYS``). Its saved config.yaml lists the parts as
     data.stores / data.weights (their frame shares); the stage splits each batch exactly."""
-    from aimc.train.config import TrainConfig
+    from aimc.train.config import load_continued
 
     s = plan.stages[j - 1]
-    base = load_config(TrainConfig, plan.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
-                                                  *plan.overrides, *s.overrides])
+    base = load_continued(plan.preset, init, [*plan.overrides, *s.overrides])
     stores, weights = [], []
     for part in stage_parts(plan, run, j):
         w = part["weights"] or [1.0] * len(part["stores"])
@@ -370,7 +369,7 @@ def check_plan_inputs(plan: ContinualConfig) -> None:
     from aimc.checkpoints.safe_load import check_readable_file
     from aimc.data.store import EpisodeStore
     from aimc.envs.demonstrator import GOALS
-    from aimc.train.config import TrainConfig
+    from aimc.train.config import load_continued
 
     if not plan.init:
         raise UserError("the plan names no init: the weights to start from (e.g. init: runs/quickstart/policy/final.safetensors)")
@@ -382,8 +381,7 @@ def check_plan_inputs(plan: ContinualConfig) -> None:
 
     world = load_suite(plan.evaluate.suite).env.get("name")
     for j, s in enumerate(plan.stages, 1):
-        load_config(TrainConfig, plan.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
-                                               *plan.overrides, *s.overrides])  # typos fail now
+        load_continued(plan.preset, init, [*plan.overrides, *s.overrides])  # typos fail now
         if s.record is not None and world != "crafter":
             raise UserError(f"stage {s.name}: record: plays the built-in world's demonstrator, but suite "
                             f"{plan.evaluate.suite} runs {world!r}; give this stage's data as stores: [...]")

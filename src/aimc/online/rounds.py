@@ -276,12 +276,10 @@ def round_train_config(cfg: OnlineConfig, run: Path, r: int, init: str, goal_dim
     sets itself (``config.ROUND_KEYS``): start weights, data, frames, seed. The saved config.yaml
     of the round's training lists the mixture as data.stores / data.weights (a frame-share
     mixture ``aimc train`` would draw at random; the round splits each batch exactly)."""
-    from aimc.train.config import TrainConfig
+    from aimc.train.config import load_continued
 
     # data.weights=[]: a preset's mixture weights (crafter_finetune's 0.8/0.2) are replaced below
-    # model.init: the round's start weights (a JSON string is a YAML string whatever the path holds)
-    base = load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
-                                                       *cfg.train.overrides])
+    base = load_continued(cfg.train.preset, init, cfg.train.overrides)
     share = cfg.mix.online_share
     online = str(Path(run) / "store")
     if share >= 1.0:
@@ -639,10 +637,9 @@ def check_inputs(cfg: OnlineConfig) -> None:
                         "--model 2x.model")
     if not init.with_suffix(".yaml").is_file():
         raise UserError(f"--init {init}: its config {init.with_suffix('.yaml').name} is missing beside it (aimc saves both)")
-    from aimc.train.config import TrainConfig
+    from aimc.train.config import load_continued
 
-    load_config(TrainConfig, cfg.train.preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}",
-                                                 *cfg.train.overrides])  # a typo fails now, not after round 1's play
+    load_continued(cfg.train.preset, init, cfg.train.overrides)  # a typo fails now, not after round 1's play
     if not cfg.stores and cfg.mix.online_share < 1.0:
         raise UserError(f"mix.online_share={cfg.mix.online_share:g} mixes earlier data into every round, but no --store "
                         "was given: pass the earlier data (e.g. --store runs/quickstart/store) or set mix.online_share=1")

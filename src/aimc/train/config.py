@@ -552,3 +552,16 @@ def _frames_per_step_of(resolved: dict) -> tuple[int, str]:
     how = (f"optim.batch_size {b} x optim.trunc_t {t} x optim.grad_accum {g} x {world} "
            f"process{'es' if world > 1 else ''}")
     return b * t * g * world, how
+
+
+def load_continued(preset: str, init: str, overrides: list[str]) -> TrainConfig:
+    """A train preset for training that continues from ``init`` (online rounds, continual stages):
+    ``data.weights=[]`` (the caller sets the mixture) and ``model.init`` come before ``overrides``,
+    so that settings needing start weights (``optim.l2sp``, ``optim.uncond_kl``) load. The path is
+    given as a JSON string, which YAML reads as a string whatever it holds."""
+    import json
+
+    from aimc.config import load_config
+
+    return load_config(TrainConfig, preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}", *overrides])
+

@@ -457,8 +457,8 @@ def setup_learner(cfg: TrainConfig, policy: nn.Module, info: D.DistInfo, device:
             from aimc.checkpoints.vpt import load_policy
 
             reference = load_policy(cfg.optim.uncond_kl_anchor)
-            if reference.state_dict().keys() != policy.state_dict().keys() or any(
-                    v.shape != policy.state_dict()[k].shape for k, v in reference.state_dict().items()):
+            ours, theirs = policy.state_dict(), reference.state_dict()
+            if theirs.keys() != ours.keys() or any(v.shape != ours[k].shape for k, v in theirs.items()):
                 raise UserError(f"optim.uncond_kl_anchor {cfg.optim.uncond_kl_anchor} is not the policy's architecture: "
                                 "anchor with weights of the same architecture (e.g. the ones training starts from)")
         else:
