@@ -277,8 +277,8 @@ def bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle"))
 
 
-def play_round(tmp_path: Path, bundle: Path, r: int, num_envs: int, overrides: list[str]):
-    """Round ``r`` of the online_crafter preset with ``overrides``, played in this process:
+def play_round(tmp_path: Path, bundle: Path, r: int, num_envs: int, overrides: list[str], preset: str = "online_crafter"):
+    """Round ``r`` of ``preset`` with ``overrides``, played in this process:
     (jobs, collected rows, step records, labeller, agent, store, models)."""
     from aimc.config import load_config
     from aimc.eval.suite import load_suite
@@ -286,7 +286,7 @@ def play_round(tmp_path: Path, bundle: Path, r: int, num_envs: int, overrides: l
     from aimc.online.labellers import make_labeller
     from aimc.online.rounds import collect_round, load_models, make_agent, plan_collection
 
-    cfg = load_config(OnlineConfig, "online_crafter", [f"init={bundle}", *overrides])
+    cfg = load_config(OnlineConfig, preset, [f"init={bundle}", *overrides])
     labeller = make_labeller(cfg.labeller.name)
     jobs = plan_collection(cfg, load_suite(cfg.suite), labeller, r)
     models = load_models(cfg)
@@ -294,7 +294,7 @@ def play_round(tmp_path: Path, bundle: Path, r: int, num_envs: int, overrides: l
     store = EpisodeStore(tmp_path / "store", embed_dtype="float32")
     records = []
     rows = collect_round(agent, jobs, labeller, store, tmp_path / f"r{r:03d}", r, heads=models.heads, num_envs=num_envs,
-                         workers=0, on_record=records.append)
+                         workers=0, stop_on_success=cfg.collect.stop_on_success, on_record=records.append)
     return jobs, rows, records, labeller, agent, store, models
 
 
@@ -336,6 +336,27 @@ def test_a_round_stores_exactly_the_visited_steps_with_labels_and_goals(tmp_path
     again = collect_round(agent, jobs, labeller, store, tmp_path / "r002", 2, heads=models.heads, num_envs=2, workers=0,
                           on_record=lambda r: pytest.fail("played again"))
     assert again == rows
+
+
+def test_the_skill_recipe_lets_the_demonstrator_drive_on_after_the_first_success(tmp_path, bundle):
+    """online_crafter_skill: every step executed is the label, and the episode goes on after the
+    task's first success up to collect.max_steps, so the skill is labelled again and again."""
+    from aimc.agent.envs import EXPERT_MEASURE
+    from aimc.config import load_config
+    from aimc.online.config import OnlineConfig
+
+    cfg = load_config(OnlineConfig, "online_crafter_skill", [])
+    assert (cfg.collect.expert_share, cfg.collect.stop_on_success, cfg.collect.max_steps) == ([1.0], False, 120)
+    assert "optim.uncond_kl=1.0" in cfg.train.overrides and cfg.train.preset == "crafter_finetune"
+    jobs, rows, records, *_ = play_round(tmp_path, bundle, 1, 1, ["tasks=[collect_wood]", "collect.episodes=1",
+                                                                   "collect.max_steps=40"], preset="online_crafter_skill")
+    mine = sorted(records, key=lambda r: r.t)
+    assert len(mine) == 40 and mine[-1].last  # not cut at the first success
+    assert all(r.measures[EXPERT_MEASURE] == 1.0 for r in mine)  # the demonstrator drove every step
+    wood = [r.measures["achievement.collect_wood"] for r in mine]
+    first = wood.index(1.0)
+    assert first < 30 and wood[-1] >= 2  # it collected wood early, and again after
+    assert rows[0]["labelled"] == 40
 
 
 def test_own_successes_round_stores_the_steps_before_each_success_only(tmp_path, bundle):

@@ -59,6 +59,10 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     assert ft["skill"] in ("make_wood_pickaxe", "place_table", "collect_stone", "place_plant", "eat_cow", "collect_drink")
     online = json.loads((run / "finetune" / "online" / "online.json").read_text())
     assert online["rounds"]["1"]["collect"]["episodes"] == 2 and ft["rounds"] == 1
+    # the measured recipe (online_crafter_skill): the demonstrator drives every step it labels
+    assert "--preset online_crafter_skill" in (run / "finetune" / "online" / "README.md").read_text()
+    played = [json.loads(x) for x in (run / "finetune" / "online" / "rounds" / "001" / "collected.jsonl").read_text().splitlines()]
+    assert played and all(x["expert_steps"] == x["labelled"] > 0 for x in played)
     # validated on every instruction, not only the skill trained: the round kept must not cost the others
     assert set(online["initial"]["tasks"]) == set(online["rounds"]["1"]["validate"]["tasks"]) == {r["condition"] for r in results} - {"_unconditioned"}
     stored = EpisodeStore(run / "finetune" / "online" / "store")

@@ -411,12 +411,17 @@ def weakest_skill(summary: dict, candidates: tuple[str, ...] = ("make_wood_picka
     return min(candidates, key=lambda t: (rates.get(t, 2.0), candidates.index(t)))
 
 
+FINETUNE_PRESET = "online_crafter_skill"  # the aimc online preset of quickstart --finetune
+
+
 def online_overrides(run: Path, plan: QuickstartPlan, results: dict, skill: str, minutes: float) -> list[str]:
-    """The ``aimc online`` settings (preset ``online_crafter``) of ``quickstart --finetune``: DAgger
-    rounds on ``skill`` from the quickstart's policy, mixed half and half with its demonstrations,
-    as many rounds as ``minutes`` holds. Every round is validated on every instruction of the
-    closing evaluation, so the round kept is the one with the highest success over all of them: a
-    round that costs the other skills more than it gains on ``skill`` is not kept."""
+    """The ``aimc online`` settings (preset ``online_crafter_skill``, the recipe measured in
+    docs/results.md) of ``quickstart --finetune``: rounds on ``skill`` from the quickstart's policy,
+    the demonstrator driving toward the instruction's goal and labelling the skill again after its
+    first success, mixed half and half with the quickstart's demonstrations, as many rounds as
+    ``minutes`` holds. Every round is validated on every instruction of the closing evaluation, so
+    the round kept is the one with the highest success over all of them: a round that costs the
+    other skills more than it gains on ``skill`` is not kept."""
     every = ",".join(t.id for t in eval_suite(plan).tasks)
     over = [f"init={results['policy']['weights']}", f"stores=[{run / 'store'}]", f"tasks=[{skill}]",
             f"validate.tasks=[{every}]",
@@ -424,10 +429,10 @@ def online_overrides(run: Path, plan: QuickstartPlan, results: dict, skill: str,
             f"agent.cond_scale={plan.cond_scale}", "agent.device=cpu", f"seed={plan.seed}", "name=quickstart --finetune"]
     if plan.policy_preset == "crafter_fast":
         return over + ["rounds=1", "collect.episodes=2", "collect.max_steps=20", "collect.stop_on_success=false", "collect.workers=0", "collect.num_envs=2",
-                       "train.preset=crafter_fast", "train.frames_per_round=640", "validate.episodes=1",
+                       "train.preset=crafter_fast", "train.overrides=[]", "train.frames_per_round=640", "validate.episodes=1",
                        "validate.max_steps=10", "validate.workers=0", "validate.num_envs=1"]
-    return over + ["rounds=20", f"max_minutes={minutes:.2f}", "collect.episodes=32", "train.frames_per_round=51200",
-                   "validate.episodes=8", f"collect.workers={plan.workers}", f"validate.workers={plan.eval_workers}"]
+    return over + ["rounds=20", f"max_minutes={minutes:.2f}", "validate.episodes=8", f"collect.workers={plan.workers}",
+                   f"validate.workers={plan.eval_workers}"]
 
 
 def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: float, progress: bool) -> dict:
@@ -445,8 +450,8 @@ def stage_finetune(run: Path, plan: QuickstartPlan, results: dict, minutes: floa
     eval_s = float(results["eval"].get("seconds") or 0.0)
     online_minutes = max(1.0, minutes - 1.2 * eval_s / 60.0)
     over = online_overrides(run, plan, results, skill, online_minutes)
-    cfg = load_config(OnlineConfig, "online_crafter", over)
-    command = "aimc online --preset online_crafter " + " ".join(over) + f" --out {ft / 'online'}"
+    cfg = load_config(OnlineConfig, FINETUNE_PRESET, over)
+    command = f"aimc online --preset {FINETUNE_PRESET} " + " ".join(over) + f" --out {ft / 'online'}"
     with _Display(progress) as display:
         for s in STAGES:
             if s not in ("policy", "eval"):
