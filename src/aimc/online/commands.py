@@ -90,7 +90,7 @@ def register(cli) -> None:
     p.add_argument("--store", action="append", default=None,
                    help="earlier data mixed into every round's training, e.g. the demonstrations (repeatable)")
     p.add_argument("--out", required=True, help="run directory; the same command again continues it (raise rounds=N for more)")
-    p.add_argument("--preset", default="online_crafter", help="OnlineConfig preset name or YAML file (default online_crafter)")
+    p.add_argument("--preset", default="online_crafter", help="OnlineConfig preset name or YAML file (default online_crafter; online_crafter_skill: one weak skill, docs/online.md)")
     p.add_argument("--mineclip", default=None, help="MineCLIP checkpoint (default: found beside the --init weights)")
     p.add_argument("--prior", default=None, help="prior checkpoint (default: found beside the --init weights)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
