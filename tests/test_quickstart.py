@@ -71,7 +71,17 @@ def test_fast_quickstart_end_to_end(tmp_path, capsys):
     after = [json.loads(x) for x in (run / "finetune" / "eval_after" / "results.jsonl").read_text().splitlines() if x.strip()]
     assert len(after) == len(results)  # every instruction again, on the closing evaluation's worlds
     assert {r["seed"] for r in after} == {r["seed"] for r in results}
-    assert "online rounds on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "online rounds on" in out
+    # one round fitted: the closing text gives the command that continues the run, and the CLI takes it as written
+    more = next(line for line in out.splitlines() if line.startswith("Only 1 round fitted"))
+    cmd = shlex.split(more.split("new budget: ", 1)[1])
+    args = build_cli().parser.parse_args(cmd[1:])
+    assert (args.preset, Path(args.out)) == ("online_crafter_skill", run / "finetune" / "online")
+    assert args.init == state2["results"]["policy"]["weights"] and args.store == [str(run / "store")]
+    assert "name=quickstart --finetune" in cmd and "train.overrides=[]" in cmd
+    assert main([*cmd[1:], "--quiet"]) == 0  # the same settings: the run is continued (here: already complete), not refused
+    assert json.loads((run / "finetune" / "online" / "online.json").read_text())["rounds"].keys() == online["rounds"].keys()
 
 
 def test_aimc_train_preset_crafter_trains_what_the_quickstart_policy_stage_trains(tmp_path):

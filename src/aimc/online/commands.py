@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _online(args: argparse.Namespace) -> int:
     if args.prior:
         overrides.append(f"agent.prior={json.dumps(args.prior)}")
     cfg = load_config(OnlineConfig, args.preset, overrides)
-    state = run_online(cfg, args.out, progress=not args.quiet, command=" ".join(["aimc", *sys.argv[1:]]))
+    state = run_online(cfg, args.out, progress=not args.quiet, command=shlex.join(["aimc", *sys.argv[1:]]))
     out = Path(args.out)
     best, final = state.get("best"), state.get("final")
     if best:
@@ -46,7 +47,7 @@ def _continual(args: argparse.Namespace) -> int:
         overrides.append(f"init={json.dumps(args.init)}")
     plan = load_plan(args.plan, overrides)
     out = Path(args.out)
-    state = run_continual(plan, out, progress=not args.quiet, command=" ".join(["aimc", *sys.argv[1:]]))
+    state = run_continual(plan, out, progress=not args.quiet, command=shlex.join(["aimc", *sys.argv[1:]]))
     print((out / "forgetting.md").read_text(encoding="utf-8"))
     print(f"last stage's weights: {state['final']['files'][0]}")
     print(f"log: {out / 'README.md'}  (compare runs as heatmaps: aimc compare {out} OTHER_RUN --out REPORT)")
