@@ -564,4 +564,3 @@ def load_continued(preset: str, init: str, overrides: list[str]) -> TrainConfig:
     from aimc.config import load_config
 
     return load_config(TrainConfig, preset, ["data.weights=[]", f"model.init={json.dumps(str(init))}", *overrides])
-
